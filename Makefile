@@ -1,0 +1,40 @@
+# Thaw: `make demo` runs the main job on the embedded default; `make test` runs the whole suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+export OPENBLAS_NUM_THREADS = 1
+
+.PHONY: demo test test-unit lint redis bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+demo: $(STAMP)
+	$(BIN)/thaw demo --json out/demo.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m "not integration and not slow"
+
+test: $(STAMP) redis lint
+	$(BIN)/pytest -q -m "" --durations=15
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py --json bench/results/ingest.json
+	$(BIN)/python bench/search.py --json bench/results/search.json
+
+clean:
+	rm -rf $(VENV) .thaw out

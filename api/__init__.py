@@ -1,0 +1,1 @@
+"""API: FastAPI service for ingest, similar items, blended recommendations, events and jobs."""

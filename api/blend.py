@@ -1,0 +1,64 @@
+"""API: pure scoring — an item's served vector, the user's content profile, and the CF/content blend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cf_weight(interactions: int, shrinkage: float) -> float:
+    """How far an item has moved from its predicted vector to its learned CF vector: n / (n + shrinkage)."""
+    return interactions / (interactions + shrinkage) if interactions > 0 else 0.0
+
+
+def served_vector(
+    cf: np.ndarray | None, content: np.ndarray | None, interactions: int, shrinkage: float
+) -> np.ndarray | None:
+    """The vector a user embedding is scored against: predicted factors for a new item, sliding to the learned
+    CF factors as interactions accumulate."""
+    if cf is None:
+        return content
+    if content is None:
+        return cf
+    w = cf_weight(interactions, shrinkage)
+    return w * cf + (1.0 - w) * content
+
+
+def profile(vectors: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray | None:
+    """Unit-length weighted centroid of the user's history in content space (None without history)."""
+    if not vectors:
+        return None
+    w = np.ones(len(vectors)) if weights is None else np.asarray(weights, float)
+    units = np.stack([v / (np.linalg.norm(v) + 1e-12) for v in vectors])
+    centroid = (w[:, None] * units).sum(0)
+    norm = np.linalg.norm(centroid)
+    return centroid / norm if norm > 0 else None
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    std = float(x.std())
+    return (x - x.mean()) / std if std > 1e-12 else np.zeros_like(x, dtype=float)
+
+
+def blend(cf_scores: np.ndarray, content_scores: np.ndarray | None, alpha: float) -> np.ndarray:
+    """alpha * z(CF score) + (1 - alpha) * z(content similarity), standardised over the candidate set so the two
+    scales are comparable; without content scores the CF score alone ranks."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if content_scores is None:
+        return np.asarray(cf_scores, float)
+    return alpha * zscore(np.asarray(cf_scores, float)) + (1.0 - alpha) * zscore(np.asarray(content_scores, float))
+
+
+def score_items(
+    user: np.ndarray,
+    served: np.ndarray,
+    contents: np.ndarray | None,
+    user_profile: np.ndarray | None,
+    alpha: float,
+) -> np.ndarray:
+    """Blended scores of candidate items (rows of `served`, and their content vectors) for one user."""
+    cf_scores = served @ user
+    if contents is None or user_profile is None:
+        return blend(cf_scores, None, alpha)
+    norms = np.linalg.norm(contents, axis=1) + 1e-12
+    return blend(cf_scores, (contents @ user_profile) / norms, alpha)

@@ -1,0 +1,105 @@
+"""Indexer: reads for the API — one item, similar items, a user's vector, recommendation candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qdrant_client.http import models as qm
+
+from indexer.collections import ITEMS, USERS, Index
+from thaw.schema import CF, CONTENT, point_id, user_point_id
+
+
+@dataclass
+class Hit:
+    item_id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class NotIndexedError(LookupError):
+    """The item or user is not in the index (or lacks the vector asked for)."""
+
+
+def payload_filter(
+    match: Mapping[str, str | int | bool] | None = None,
+    *,
+    exclude_items: list[str] | None = None,
+    cold_only: bool = False,
+) -> qm.Filter | None:
+    must: list[qm.Condition] = [
+        qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in (match or {}).items()
+    ]
+    if cold_only:
+        must.append(qm.FieldCondition(key="interactions", match=qm.MatchValue(value=0)))
+    must_not: list[qm.Condition] = []
+    if exclude_items:
+        must_not.append(qm.HasIdCondition(has_id=[point_id(i) for i in exclude_items]))
+    return qm.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+
+
+def _vectors(raw: object) -> dict[str, np.ndarray]:
+    if not isinstance(raw, dict):
+        return {}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+
+
+def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -> Hit | None:
+    with index.session() as client:
+        recs = client.retrieve(ITEMS, [point_id(item_id)], with_vectors=vectors, with_payload=True)
+    if not recs:
+        return None
+    return Hit(item_id, 1.0, recs[0].payload or {}, _vectors(recs[0].vector))
+
+
+def similar(
+    index: Index, item_id: str, using: str, k: int, match: Mapping[str, str | int | bool] | None = None
+) -> list[Hit]:
+    """The k items nearest to `item_id` by its `using` vector, the item itself excluded."""
+    item = get_item(index, item_id, vectors=[using])
+    if item is None:
+        raise NotIndexedError(f"item {item_id!r} is not indexed")
+    if using not in item.vectors:
+        raise NotIndexedError(f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})")
+    return search(index, item.vectors[using], using, k, payload_filter(match, exclude_items=[item_id]))
+
+
+def search(
+    index: Index, vector: np.ndarray, using: str, k: int, query_filter: qm.Filter | None = None, *, with_vectors: bool = False
+) -> list[Hit]:
+    with index.session() as client:
+        res = client.query_points(
+            ITEMS,
+            query=np.asarray(vector, np.float32).tolist(),
+            using=using,
+            limit=k,
+            query_filter=query_filter,
+            with_payload=True,
+            with_vectors=[CF, CONTENT] if with_vectors else False,
+        )
+    return [Hit(str((p.payload or {}).get("item_id")), float(p.score), p.payload or {}, _vectors(p.vector)) for p in res.points]
+
+
+def get_items(index: Index, item_ids: list[str], *, vectors: list[str]) -> list[Hit]:
+    if not item_ids:
+        return []
+    with index.session() as client:
+        recs = client.retrieve(ITEMS, [point_id(i) for i in item_ids], with_vectors=vectors, with_payload=True)
+    return [Hit(str((r.payload or {}).get("item_id")), 1.0, r.payload or {}, _vectors(r.vector)) for r in recs]
+
+
+def get_user(index: Index, user_id: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+    with index.session() as client:
+        recs = client.retrieve(USERS, [user_point_id(user_id)], with_vectors=[CF], with_payload=True)
+    if not recs:
+        return None
+    return _vectors(recs[0].vector)[CF], recs[0].payload or {}
+
+
+def count_items(index: Index) -> int:
+    with index.session() as client:
+        return int(client.count(ITEMS, exact=True).count)

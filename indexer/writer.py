@@ -1,0 +1,73 @@
+"""Indexer: idempotent upserts of items and users (point ids are uuid5 of the ids, so repeats overwrite)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from qdrant_client.http import models as qm
+
+from indexer.collections import Index
+from thaw.schema import CF, point_id, user_point_id
+
+
+@dataclass
+class ItemPoint:
+    item_id: str
+    vectors: dict[str, np.ndarray]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def _vec(v: np.ndarray) -> list[float]:
+    return np.asarray(v, dtype=np.float32).tolist()
+
+
+def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, keep_cf: bool = True) -> None:
+    """Write items; with `keep_cf` an item that already has a learned CF vector and interaction count keeps them
+    (a re-upload replaces content, not the interactions the item has earned)."""
+    if not points:
+        return
+    ids = [point_id(p.item_id) for p in points]
+    with index.session() as client:
+        existing = {}
+        if keep_cf:
+            for rec in client.retrieve(collection, ids, with_vectors=[CF], with_payload=["interactions"]):
+                existing[str(rec.id)] = rec
+        structs = []
+        for pid, p in zip(ids, points, strict=True):
+            vectors = {name: _vec(v) for name, v in p.vectors.items()}
+            payload = dict(p.payload, item_id=p.item_id)
+            old = existing.get(pid)
+            if old is not None and CF not in vectors and isinstance(old.vector, dict) and CF in old.vector:
+                vectors[CF] = list(old.vector[CF])  # type: ignore[arg-type]
+                payload["interactions"] = (old.payload or {}).get("interactions", payload.get("interactions", 0))
+            payload.setdefault("interactions", 0)
+            structs.append(qm.PointStruct(id=pid, vector=vectors, payload=payload))  # type: ignore[arg-type]
+        client.upsert(collection, points=structs, wait=True)
+
+
+def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, interactions: int) -> None:
+    """Move an item towards its learned CF vector as it gains interactions (vector + count, nothing else)."""
+    pid = point_id(item_id)
+    with index.session() as client:
+        client.update_vectors(collection, points=[qm.PointVectors(id=pid, vector={CF: _vec(cf)})], wait=True)
+        client.set_payload(collection, payload={"interactions": interactions}, points=[pid], wait=True)
+
+
+def upsert_users(
+    index: Index, collection: str, user_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
+) -> None:
+    structs = [
+        qm.PointStruct(id=user_point_id(u), vector={CF: _vec(v)}, payload=dict(p, user_id=u))
+        for u, v, p in zip(user_ids, vectors, payloads, strict=True)
+    ]
+    with index.session() as client:
+        for start in range(0, len(structs), 512):
+            client.upsert(collection, points=structs[start : start + 512], wait=True)
+
+
+def delete_item(index: Index, collection: str, item_id: str) -> None:
+    with index.session() as client:
+        client.delete(collection, points_selector=qm.PointIdsList(points=[point_id(item_id)]), wait=True)

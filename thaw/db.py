@@ -1,0 +1,97 @@
+"""Records of truth beside the index: items as uploaded, jobs and their outcome, interactions (SQLAlchemy)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ItemRecord(Base):
+    """An item as uploaded: metadata and which originals the media store holds. `revision` orders re-uploads."""
+
+    __tablename__ = "items"
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    media: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # modality -> sha256 of the original
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    kind: Mapped[str] = mapped_column(String(16), default="embed")
+    item_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    item_id: Mapped[str] = mapped_column(String(128), index=True)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    kind: Mapped[str] = mapped_column(String(32), default="interaction")
+    rec_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for any SQLAlchemy URL; SQLite gets WAL and a busy timeout so API and workers can share it."""
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
+    if is_sqlite:
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def interaction_counts(session: Session, item_ids: list[str]) -> dict[str, int]:
+    rows = session.execute(
+        select(Interaction.item_id, func.count()).where(Interaction.item_id.in_(item_ids)).group_by(Interaction.item_id)
+    )
+    return {item: int(n) for item, n in rows}
+
+
+def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:
+    rows = session.execute(
+        select(Interaction.item_id, Interaction.weight)
+        .where(Interaction.user_id == user_id)
+        .order_by(Interaction.id.desc())
+        .limit(limit)
+    )
+    return [(item, float(w)) for item, w in rows]
+
+
+def item_audience(session: Session, item_id: str) -> list[tuple[str, float]]:
+    rows = session.execute(select(Interaction.user_id, Interaction.weight).where(Interaction.item_id == item_id))
+    return [(user, float(w)) for user, w in rows]

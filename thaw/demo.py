@@ -1,0 +1,152 @@
+"""The demo run: train on a catalogue, serve it, ingest the cold items over HTTP, and measure cold-start quality."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from sqlalchemy.orm import Session
+
+from thaw.datasets import Dataset, Item, Split
+from thaw.db import Interaction
+from thaw.evaluation import evaluate_rankings, user_positives
+from thaw.runtime import Runtime
+from thaw.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def import_interactions(rt: Runtime, ds: Dataset, items: list[str]) -> int:
+    """Copy the interactions the model trained on into the database, so users' histories are known."""
+    subset = ds.interactions.for_items(set(items))
+    rows = [
+        {"user_id": str(u), "item_id": str(i), "weight": float(w)}
+        for u, i, w in zip(subset.user_ids, subset.item_ids, subset.weights, strict=True)
+    ]
+    with Session(rt.engine) as session:
+        session.bulk_insert_mappings(Interaction.__mapper__, rows)
+        session.commit()
+    return len(rows)
+
+
+class Server:
+    """uvicorn on a background thread of this process (the embedded default: one process owns Qdrant)."""
+
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        from api.main import create_app
+
+        self.port = free_port()
+        config = uvicorn.Config(create_app(settings, runtime), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def upload(client: httpx.Client, item: Item) -> str:
+    """POST one dataset item to /items as multipart (metadata + media files); returns the job id."""
+    files = {}
+    for field, path in (("image", item.image), ("audio", item.audio)):
+        if path is not None:
+            files[field] = (path.name, path.read_bytes(), "application/octet-stream")
+    data = {"item_id": item.item_id, "metadata": json.dumps(item.fields)}
+    resp = client.post("/items", data=data, files=files or None)
+    if resp.status_code != 202:
+        raise RuntimeError(f"upload of {item.item_id} failed: {resp.status_code} {resp.text}")
+    return str(resp.json()["job_id"])
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.01)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+
+
+def run_demo(ds: Dataset, split: Split, data_dir: Path, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    from encoders.artifacts import save_version, set_active
+    from encoders.training import TrainConfig, train
+    from workers.pipeline import index_dataset
+
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    settings = Settings(data_dir=data_dir)
+    rt = Runtime.from_settings(settings)
+    t0 = time.perf_counter()
+    model = train(ds, split, TrainConfig(seed=seed), progress=progress)
+    save_version(model, settings.models_dir)
+    set_active(settings.models_dir, model.version)
+    train_s = time.perf_counter() - t0
+    index_dataset(rt, model, ds, split.warm)
+    import_interactions(rt, ds, split.warm)
+
+    cold = [i for i in split.cold_test if ds.items[i].modalities]
+    latencies, failed = [], []
+    with Server(settings, rt) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        for item_id in cold:
+            start = time.perf_counter()
+            job = wait_job(client, upload(client, ds.items[item_id]))
+            if job["status"] != "succeeded":
+                failed.append({"item_id": item_id, "error": job["error"]})
+                continue
+            latencies.append(time.perf_counter() - start)
+        positives = user_positives(ds.interactions, cold)
+        rankings: dict[str, list[str]] = {}
+        for user in positives:
+            resp = client.get(f"/users/{user}/recommendations", params={"k": len(cold), "cold_only": "true"})
+            if resp.status_code == 200:
+                rankings[user] = [r["item_id"] for r in resp.json()["items"]]
+        similar = client.get(f"/items/{cold[0]}/similar", params={"k": 5}).json()
+    rng = random.Random(seed)
+    random_rankings = {u: rng.sample(cold, len(cold)) for u in positives}
+    metrics = {
+        name: {m: round(v, 4) for m, v in evaluate_rankings(r, positives, n_items=len(cold), ks=(20,)).items()
+               if m in ("recall@20", "ndcg@20")}
+        for name, r in (("thaw", rankings), ("random", random_rankings))
+    }
+    rt.close()
+    return {
+        "items_ingested": len(latencies),
+        "items_failed": failed,
+        "servable_latency_s": {
+            "p50": round(float(np.percentile(latencies, 50)), 4) if latencies else None,
+            "p95": round(float(np.percentile(latencies, 95)), 4) if latencies else None,
+        },
+        "cold": metrics,
+        "n_users_evaluated": len(positives),
+        "n_cold_items": len(cold),
+        "model_version": model.version,
+        "train_s": round(train_s, 1),
+        "example_similar": similar,
+    }

@@ -1,0 +1,63 @@
+"""Cold-start evaluation: ranking metrics (pure) and the per-user protocol over a set of cold items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from thaw.datasets import Interactions
+
+
+def recall_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
+    """Hits in the top k over the user's positives (0 when there are none)."""
+    return len(set(ranked[:k]) & positives) / len(positives) if positives else 0.0
+
+
+def precision_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
+    return len(set(ranked[:k]) & positives) / k
+
+
+def ndcg_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
+    """Binary-gain NDCG; the ideal DCG puts min(k, |positives|) hits on top."""
+    dcg = sum(1.0 / np.log2(r + 2) for r, item in enumerate(ranked[:k]) if item in positives)
+    ideal = sum(1.0 / np.log2(r + 2) for r in range(min(k, len(positives))))
+    return float(dcg / ideal) if ideal else 0.0
+
+
+def user_positives(interactions: Interactions, items: Sequence[str]) -> dict[str, set[str]]:
+    """Each user's positives among `items` (users with none are left out)."""
+    wanted = set(items)
+    out: dict[str, set[str]] = {}
+    for user, item in zip(interactions.user_ids.tolist(), interactions.item_ids.tolist(), strict=True):
+        if item in wanted:
+            out.setdefault(user, set()).add(item)
+    return out
+
+
+def evaluate_rankings(
+    rankings: Mapping[str, Sequence[str]],
+    positives: Mapping[str, set[str]],
+    *,
+    n_items: int,
+    ks: Sequence[int] = (20, 100),
+) -> dict[str, float]:
+    """Average Recall/Precision/NDCG@k over the users in `positives`, plus item coverage@20.
+
+    `rankings[user]` ranks all candidate (cold) items for that user; a user without a ranking scores zero.
+    """
+    users = sorted(positives)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean([recall_at_k(rankings.get(u, []), positives[u], k) for u in users]))
+        out[f"precision@{k}"] = float(np.mean([precision_at_k(rankings.get(u, []), positives[u], k) for u in users]))
+        out[f"ndcg@{k}"] = float(np.mean([ndcg_at_k(rankings.get(u, []), positives[u], k) for u in users]))
+    shown = {item for u in users for item in list(rankings.get(u, []))[:20]}
+    out["coverage@20"] = len(shown) / n_items if n_items else 0.0
+    return out
+
+
+def rank_by_scores(scores: np.ndarray, item_ids: Sequence[str]) -> list[str]:
+    """Item ids sorted by descending score (ties broken by position, so results are deterministic)."""
+    order = np.argsort(-scores, kind="stable")
+    return [item_ids[i] for i in order]

@@ -1,0 +1,84 @@
+"""The one settings class. Only entry points (CLI, API factory, Celery app) read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Thaw has, read from THAW_* environment variables.
+
+    The embedded default needs no server: Qdrant on disk under `data_dir`, a filesystem Celery transport
+    and SQLite. Setting `qdrant_url` and `broker_url` switches to servers with no other change.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="THAW_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path(".thaw")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    broker_url: str | None = None
+    database_url: str | None = None
+    media_root: Path | None = None
+    model_dir: Path | None = None
+    api_keys: list[str] = []
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_audio_seconds: float = 600.0
+    max_image_pixels: int = 40_000_000
+    task_max_retries: int = 5
+    broker_visibility_timeout: int = 3600
+    keep_versions: int = 3
+    environment: str = "development"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_upload_bytes <= 0:
+            raise ValueError(f"THAW_MAX_UPLOAD_BYTES must be positive, got {self.max_upload_bytes}")
+        if self.environment != "development" and not self.api_keys:
+            raise ValueError("THAW_API_KEYS must be set outside development (THAW_ENVIRONMENT)")
+        if any(k in ("changethis", "secret") for k in self.api_keys):
+            raise ValueError("THAW_API_KEYS holds a placeholder key; choose real keys")
+        return self
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.media_root or self.data_dir / "media"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_dir or self.data_dir / "models"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'thaw.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def celery_broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def shared_qdrant_path(self) -> bool:
+        """Embedded Qdrant opened by several processes (external broker, no server): lock per operation."""
+        return self.qdrant_url is None and not self.embedded_broker

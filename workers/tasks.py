@@ -1,0 +1,41 @@
+"""Workers: thin Celery tasks taking ids; the logic is in workers.pipeline."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task, shared_task
+
+from thaw.runtime import Runtime
+from thaw.settings import Settings
+from workers import pipeline
+
+log = logging.getLogger(__name__)
+_runtime: Runtime | None = None
+
+
+def set_runtime(rt: Runtime) -> None:
+    """Share the API process's runtime with the embedded worker (one owner of embedded Qdrant)."""
+    global _runtime
+    _runtime = rt
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.from_settings(Settings())
+    return _runtime
+
+
+@shared_task(bind=True, name="thaw.embed_item", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def embed_item(self: Task, item_id: str, job_id: str) -> str:
+    """Embed one item; transient errors retry with exponential backoff, permanent ones fail the job."""
+    try:
+        return pipeline.embed_item(runtime(), item_id, job_id)
+    except Exception as exc:
+        limit = int(self.app.conf.get("thaw_max_retries", 5))
+        if self.request.retries >= limit:
+            pipeline.fail_job(runtime(), job_id, f"gave up after {limit} retries: {type(exc).__name__}: {exc}")
+            log.exception("job %s failed permanently", job_id)
+            return "failed"
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
