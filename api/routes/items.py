@@ -70,7 +70,7 @@ async def _parse(request: Request, rt: Runtime) -> tuple[str, dict[str, Any], di
         raise HTTPException(413, f"request body of {length} bytes exceeds the upload limit")
     ctype = request.headers.get("content-type", "")
     media: dict[str, bytes] = {}
-    if ctype.startswith("multipart/form-data"):
+    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
         form = await request.form(max_files=2, max_fields=8)
         raw_id, raw_meta = form.get("item_id"), form.get("metadata") or "{}"
         if not isinstance(raw_id, str) or not isinstance(raw_meta, str):

@@ -1,0 +1,1 @@
+"""Encoders: media -> content embeddings -> predicted CF factors (text, vision, audio, fusion, training)."""

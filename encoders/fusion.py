@@ -1,0 +1,47 @@
+"""Encoders: per-modality heads onto the CF space and their fusion for any subset of modalities."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoders.audio import AudioCNN
+from encoders.text import TEXT_DIM
+from encoders.vision import IMAGE_DIM
+
+MODALITY_ORDER = ("text", "image", "audio")
+
+
+def head(n_in: int, dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+class ThawNet(nn.Module):
+    """Text and image heads over frozen backbone features, the audio CNN and its head, and a fusion that takes a
+    learned weighted mean over whichever modalities an item has (trained with modality dropout)."""
+
+    def __init__(self, *, dim: int, hidden: int = 256, dropout: float = 0.1, audio_dim: int = 128) -> None:
+        super().__init__()
+        self.config = {"dim": dim, "hidden": hidden, "dropout": dropout, "audio_dim": audio_dim}
+        self.audio = AudioCNN(dim=audio_dim)
+        self.heads = nn.ModuleDict({
+            "text": head(TEXT_DIM, dim, hidden, dropout),
+            "image": head(IMAGE_DIM, dim, hidden, dropout),
+            "audio": head(audio_dim, dim, hidden, dropout),
+        })
+        self.weights = nn.Parameter(torch.zeros(len(MODALITY_ORDER)))
+
+    def audio_embedding(self, mels: torch.Tensor, owner: torch.Tensor, n_items: int) -> torch.Tensor:
+        """Mean of crop embeddings per item: mels (n_crops, n_mels, frames), owner (n_crops,) -> (n_items, d)."""
+        emb = self.audio(mels)
+        total = torch.zeros(n_items, emb.shape[1]).index_add(0, owner, emb)
+        count = torch.zeros(n_items).index_add(0, owner, torch.ones(len(owner))).clamp_min(1)
+        return total / count[:, None]
+
+    def forward(self, feats: dict[str, torch.Tensor], masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats: modality -> (B, n_in); masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and the
+        per-modality predictions (B, 3, dim)."""
+        preds = torch.stack([self.heads[m](feats[m]) for m in MODALITY_ORDER], dim=1)
+        w = torch.exp(self.weights)[None, :] * masks.float()
+        fused = (w[:, :, None] * preds).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)
+        return fused, preds

@@ -1,0 +1,147 @@
+"""Integration fixtures: a real Redis server on a loopback port, a trained model in a data directory, real
+`celery worker` processes and the API served by uvicorn in its own process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
+    port = _free_port()
+    work = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+    )
+    _wait_port(port)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def service_env(tmp_path_factory: pytest.TempPathFactory, catalog: Path, redis_url: str) -> dict[str, str]:
+    """A data directory with a trained, indexed, active model; the environment API and workers share."""
+    from encoders.artifacts import save_version, set_active
+    from encoders.training import TrainConfig, train
+    from thaw.datasets import load_dataset, split_items
+    from thaw.demo import import_interactions
+    from thaw.runtime import Runtime
+    from thaw.settings import Settings
+    from workers.pipeline import index_dataset
+
+    data_dir = tmp_path_factory.mktemp("thaw")
+    env = {
+        **os.environ,
+        "THAW_DATA_DIR": str(data_dir),
+        "THAW_BROKER_URL": redis_url,
+        "THAW_BROKER_VISIBILITY_TIMEOUT": "4",
+        "THAW_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "PYTHONPATH": str(ROOT),
+    }
+    settings = Settings(data_dir=data_dir, broker_url=redis_url)
+    ds = load_dataset(catalog)
+    split = split_items(ds, seed=0)
+    model = train(ds, split, TrainConfig(seed=0, epochs=15), progress=False)
+    save_version(model, settings.models_dir)
+    set_active(settings.models_dir, model.version)
+    rt = Runtime.from_settings(settings)
+    index_dataset(rt, model, ds, split.warm)
+    import_interactions(rt, ds, split.warm)
+    rt.close()
+    return env
+
+
+class Worker:
+    """A `celery -A workers.app worker` process."""
+
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo", "-c", "1",
+             "--without-heartbeat", "--without-mingle", "--without-gossip", "-n", f"{name}@%h", "-l", "WARNING"],
+            env=env, cwd=ROOT,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env: dict[str, str]) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
+        env=service_env, cwd=ROOT,
+    )
+    _wait_port(port, 60)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(20)
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str]) -> Iterator[Worker]:
+    w = Worker(service_env, "main")
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, timeout=60) as c:
+        yield c
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, object] = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} unfinished after {timeout}s: {job}")

@@ -1,0 +1,120 @@
+"""End to end over HTTP with a real Redis broker and a separate `celery worker` process."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from tests.integration.conftest import Worker, wait_job
+
+pytestmark = pytest.mark.integration
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ogg(hz: float, seconds: float = 1.0, sr: int = 22050) -> bytes:
+    buf = io.BytesIO()
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), sr, format="OGG", subtype="VORBIS")
+    return buf.getvalue()
+
+
+def upload(client: httpx.Client, item_id: str, meta: dict[str, object] | None = None, **files: bytes) -> str:
+    resp = client.post(
+        "/items",
+        data={"item_id": item_id, "metadata": json.dumps(meta or {})},
+        files={k: (f"{k}.bin", v) for k, v in files.items()} or None,
+    )
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["job_id"])
+
+
+CASES = {
+    "new-text": ({"title": "Rocket galaxy", "description": "an astronaut in orbit around an alien planet"}, {}),
+    "new-image": (None, {"image": png((20, 30, 120))}),
+    "new-audio": (None, {"audio": ogg(220.0)}),
+    "new-all": ({"title": "Ghost curse", "description": "a haunted vampire"}, {"image": png((120, 0, 0)), "audio": ogg(82.0)}),
+}
+
+
+def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client, worker: Worker) -> None:
+    jobs = {item_id: upload(client, item_id, meta, **files) for item_id, (meta, files) in CASES.items()}
+    for item_id, job_id in jobs.items():
+        job = wait_job(client, job_id)
+        assert job["status"] == "succeeded", job
+        item = client.get(f"/items/{item_id}").json()
+        assert item["indexed"] is True and item["interactions"] == 0
+        expected = {"new-text": ["text"], "new-image": ["image"], "new-audio": ["audio"], "new-all": ["text", "image", "audio"]}
+        assert item["modalities"] == expected[item_id]
+    # similar items by the fused content vector and by each modality's own embedding
+    sim = client.get("/items/new-all/similar", params={"k": 5}).json()
+    assert len(sim["items"]) == 5 and "new-all" not in [s["item_id"] for s in sim["items"]]
+    by_image = client.get("/items/new-image/similar", params={"k": 50, "using": "image"}).json()["items"]
+    assert "new-all" in [s["item_id"] for s in by_image]
+    assert client.get("/items/new-text/similar", params={"using": "audio"}).status_code == 404
+    # a user with history gets the cold items among cold-only recommendations
+    recs = client.get("/users/u0/recommendations", params={"k": 200, "cold_only": "true"}).json()
+    got = {r["item_id"] for r in recs["items"]}
+    assert set(CASES) <= got, got
+    # the new items appear in the filtered similar results of a warm item too
+    warm = client.get("/items/new-text/similar", params={"k": 3, "filter": json.dumps({"interactions": 0})}).json()
+    assert all(s["item_id"].startswith("new-") for s in warm["items"])
+    assert worker.alive()
+
+
+def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker: Worker) -> None:
+    wait_job(client, upload(client, "evt-item", {"title": "Surf whale island"}))
+    assert client.get("/users/brand-new-user/recommendations").status_code == 404
+    resp = client.post("/events", json=[{"user_id": "brand-new-user", "item_id": "evt-item"},
+                                        {"user_id": "u1", "item_id": "evt-item", "weight": 2}])
+    assert resp.status_code == 200 and resp.json() == {"accepted": 2}
+    item = client.get("/items/evt-item").json()
+    assert item["interactions"] == 2
+    recs = client.get("/users/brand-new-user/recommendations", params={"k": 5}).json()
+    assert len(recs["items"]) == 5 and "evt-item" not in [r["item_id"] for r in recs["items"]]
+    cold = client.get("/users/u1/recommendations", params={"k": 500, "cold_only": "true"}).json()
+    assert "evt-item" not in {r["item_id"] for r in cold["items"]}  # no longer cold
+
+
+def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, worker: Worker) -> None:
+    first = upload(client, "re-item", {"title": "war soldier battle"}, image=png((90, 90, 40)))
+    second = upload(client, "re-item", {"title": "love romance wedding"})
+    assert wait_job(client, first)["status"] == "succeeded"
+    assert wait_job(client, second)["status"] == "succeeded"
+    item = client.get("/items/re-item").json()
+    assert item["modalities"] == ["text"] and item["metadata"]["title"] == "love romance wedding"
+    hits = client.get("/items/new-text/similar", params={"k": 500, "using": "text"}).json()["items"]
+    assert [h["item_id"] for h in hits].count("re-item") == 1
+
+
+def test_worker_killed_mid_task_embeds_item_exactly_once(service_env: dict[str, str], client: httpx.Client) -> None:
+    """A fresh worker spends seconds loading the model inside its first task: SIGKILL it there."""
+    env = dict(service_env)
+    job_id = upload(client, "kill-item", {"title": "detective murder clue"}, audio=ogg(165.0, 2.0))
+    victim = Worker(env, "victim")
+    deadline = time.monotonic() + 120
+    while client.get(f"/jobs/{job_id}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
+    victim.kill()
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+    survivor = Worker(env, "survivor")
+    try:
+        job = wait_job(client, job_id, timeout=180)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] >= 2
+        hits = client.get("/items/new-text/similar", params={"k": 1000, "filter": json.dumps({"item_id": "kill-item"})}).json()
+        assert [h["item_id"] for h in hits["items"]] == ["kill-item"]
+    finally:
+        survivor.stop()

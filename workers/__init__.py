@@ -1,0 +1,1 @@
+"""Workers: Celery app, thin tasks, the embedding pipeline and media I/O."""
