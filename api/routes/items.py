@@ -98,7 +98,7 @@ async def _parse(request: Request, rt: Runtime) -> tuple[str, dict[str, Any], di
         try:
             body = ItemCreate.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from exc
+            raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from exc
         item_id, metadata = body.item_id, body.metadata
     else:
         raise HTTPException(415, f"send multipart/form-data or application/json, not {ctype or 'no content type'}")

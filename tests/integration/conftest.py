@@ -124,7 +124,7 @@ def api_url(service_env: dict[str, str]) -> Iterator[str]:
     proc.wait(20)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(service_env: dict[str, str]) -> Iterator[Worker]:
     w = Worker(service_env, "main")
     yield w

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import httpx
 import numpy as np
@@ -69,7 +68,7 @@ def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client,
     assert set(CASES) <= got, got
     # the new items appear in the filtered similar results of a warm item too
     warm = client.get("/items/new-text/similar", params={"k": 3, "filter": json.dumps({"interactions": 0})}).json()
-    assert all(s["item_id"].startswith("new-") for s in warm["items"])
+    assert warm["items"] and all(client.get(f"/items/{s['item_id']}").json()["interactions"] == 0 for s in warm["items"])
     assert worker.alive()
 
 
@@ -96,25 +95,3 @@ def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, wor
     assert item["modalities"] == ["text"] and item["metadata"]["title"] == "love romance wedding"
     hits = client.get("/items/new-text/similar", params={"k": 500, "using": "text"}).json()["items"]
     assert [h["item_id"] for h in hits].count("re-item") == 1
-
-
-def test_worker_killed_mid_task_embeds_item_exactly_once(service_env: dict[str, str], client: httpx.Client) -> None:
-    """A fresh worker spends seconds loading the model inside its first task: SIGKILL it there."""
-    env = dict(service_env)
-    job_id = upload(client, "kill-item", {"title": "detective murder clue"}, audio=ogg(165.0, 2.0))
-    victim = Worker(env, "victim")
-    deadline = time.monotonic() + 120
-    while client.get(f"/jobs/{job_id}").json()["status"] != "running":
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.02)
-    victim.kill()
-    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
-    survivor = Worker(env, "survivor")
-    try:
-        job = wait_job(client, job_id, timeout=180)
-        assert job["status"] == "succeeded", job
-        assert job["attempts"] >= 2
-        hits = client.get("/items/new-text/similar", params={"k": 1000, "filter": json.dumps({"item_id": "kill-item"})}).json()
-        assert [h["item_id"] for h in hits["items"]] == ["kill-item"]
-    finally:
-        survivor.stop()
