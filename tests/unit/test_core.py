@@ -1,0 +1,126 @@
+"""Unit tests with planted answers: ids, blend arithmetic, fold-in, ALS, metrics, datasets and the split."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from api.blend import blend, cf_weight, profile, served_vector, zscore
+from thaw.datasets import Interactions, load_dataset, split_items
+from thaw.evaluation import evaluate_rankings, ndcg_at_k, precision_at_k, recall_at_k
+from thaw.factors import fit_als, fold_in
+from thaw.schema import InvalidIdError, check_id, item_text, point_id, user_point_id
+
+
+def test_point_ids_are_deterministic_and_distinct() -> None:
+    assert point_id("42") == point_id("42")
+    assert point_id("42") != point_id("43")
+    assert point_id("42") != user_point_id("42")
+    assert point_id("42")[14] == "5"  # uuid5
+
+
+@pytest.mark.parametrize("bad", ["", " ", "../x", "a" * 129, "semi;colon", None, 1.5, True, ["x"]])
+def test_invalid_ids_are_refused_with_a_reason(bad: object) -> None:
+    with pytest.raises(InvalidIdError, match="must be"):
+        check_id(bad)
+
+
+def test_valid_ids() -> None:
+    assert check_id(17) == "17"
+    assert check_id("song-1.v2:x_y") == "song-1.v2:x_y"
+
+
+def test_item_text_flattens_fields_in_order() -> None:
+    text = item_text({"description": "A toy story.", "title": "Toy", "genres": ["Animation", "Comedy"], "year": 1995})
+    assert text == "Toy. genres: Animation, Comedy. A toy story."  # non-text values (year) are left out
+
+
+def test_blend_arithmetic() -> None:
+    cf = np.array([1.0, 2.0, 3.0])
+    content = np.array([3.0, 2.0, 1.0])
+    np.testing.assert_allclose(blend(cf, content, 1.0), zscore(cf))
+    np.testing.assert_allclose(blend(cf, content, 0.0), zscore(content))
+    np.testing.assert_allclose(blend(cf, content, 0.5), np.zeros(3), atol=1e-12)  # opposite orders cancel
+    np.testing.assert_allclose(blend(cf, None, 0.3), cf)
+    with pytest.raises(ValueError, match="alpha"):
+        blend(cf, content, 1.5)
+
+
+def test_served_vector_slides_from_content_to_cf() -> None:
+    cf, content = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    np.testing.assert_allclose(served_vector(cf, content, 0, 10.0), content)
+    np.testing.assert_allclose(served_vector(cf, content, 10, 10.0), [0.5, 0.5])
+    np.testing.assert_allclose(served_vector(None, content, 5, 10.0), content)
+    assert cf_weight(90, 10.0) == pytest.approx(0.9)
+
+
+def test_profile_is_unit_centroid() -> None:
+    p = profile([np.array([2.0, 0.0]), np.array([0.0, 5.0])])
+    assert p is not None
+    np.testing.assert_allclose(p, [math.sqrt(0.5), math.sqrt(0.5)])
+    assert profile([]) is None
+
+
+def test_fold_in_recovers_a_planted_row() -> None:
+    """Rows y_j scaled so that y_j . x = 1 for a planted x: the noise-free fold-in returns x."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=4)
+    y = rng.normal(size=(12, 4))
+    y = y / (y @ x)[:, None]
+    np.testing.assert_allclose(fold_in(y, rng.uniform(1, 5, 12), 1e-9), x, rtol=1e-4)
+
+
+def test_als_ranks_the_held_out_block_item_first() -> None:
+    """Checkerboard: users 0-9 like items 0-9, users 10-19 like items 10-19; hold one item per user out."""
+    users, items = [], []
+    for u in range(20):
+        block = range(0, 10) if u < 10 else range(10, 20)
+        for i in block:
+            if i != (u % 10) + (0 if u < 10 else 10):
+                users.append(f"u{u}")
+                items.append(f"i{i}")
+    inter = Interactions(np.array(users, object), np.array(items, object), np.ones(len(users), np.float32))
+    f = fit_als(inter, factors=4, regularization=0.01, iterations=30, seed=0)
+    scores = f.users @ f.items.T
+    for u in range(20):
+        own = {f"i{i}" for i in (range(0, 10) if u < 10 else range(10, 20))}
+        top = f.item_ids[int(np.argmax(scores[f.user_ids.index(f"u{u}")]))]
+        assert top in own
+
+
+def test_metrics_on_hand_computed_values() -> None:
+    ranked = ["a", "b", "c", "d"]
+    positives = {"b", "d", "z"}
+    assert recall_at_k(ranked, positives, 2) == pytest.approx(1 / 3)
+    assert precision_at_k(ranked, positives, 2) == pytest.approx(1 / 2)
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(ranked, positives, 4) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(ranked, positives, 2) == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    out = evaluate_rankings({"u1": ranked, "u2": ["d", "c"]}, {"u1": positives, "u2": {"d"}}, n_items=4, ks=(2,))
+    assert out["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
+    assert out["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / (1 + 1 / math.log2(3)) + 1) / 2)
+    assert out["coverage@20"] == pytest.approx(4 / 4)
+
+
+def test_dataset_reading_and_split(tmp_path: Path) -> None:
+    (tmp_path / "items.jsonl").write_text(
+        "\n".join('{"item_id": %d, "title": "t%d"}' % (i, i) for i in range(50)) + '\n{"item_id": 99, "image": "gone.jpg"}\n'
+    )
+    rows = ["user_id,item_id,rating"] + [f"u{u},{i},{1 + (u + i) % 5}" for u in range(10) for i in range(0, 50, 1 + u % 3)]
+    (tmp_path / "interactions.csv").write_text("\n".join(rows) + "\nu1,unknown,5\n")
+    ds = load_dataset(tmp_path)
+    assert len(ds.items) == 51 and ds.items["99"].modalities == ()
+    assert "unknown" not in set(ds.interactions.item_ids)
+    high = load_dataset(tmp_path, min_rating=4)
+    assert high.interactions.ratings is not None and (high.interactions.ratings >= 4).all()
+    split = split_items(ds, seed=1)
+    assert len(split.cold_val) == len(split.cold_test) == 5 and len(split.warm) == 40
+    assert not set(split.warm) & set(split.cold_test)
+    assert split_items(ds, seed=1) == split and split_items(ds, seed=2) != split
+    (tmp_path / "split.csv").write_text("item_id,split\n0,cold_test\n1,cold_val\n")
+    fixed = split_items(load_dataset(tmp_path))
+    assert fixed.cold_test == ["0"] and fixed.cold_val == ["1"] and len(fixed.warm) == 48
