@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             worker.stop()  # type: ignore[attr-defined]
         rt.close()
 
-    app = FastAPI(title="Thaw", version="0.1.0", lifespan=lifespan, description="Cold-start recommendation from content")
+    app = FastAPI(
+        title="Thaw", version="0.1.0", lifespan=lifespan, description="Cold-start recommendation from content"
+    )
     app.state.runtime, app.state.celery, app.state.api_keys = rt, celery, settings.api_keys
     registry = CollectorRegistry()
     app.state.metrics_registry = registry

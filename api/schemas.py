@@ -17,8 +17,10 @@ def check_metadata(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"metadata must be a JSON object of text fields, got {type(value).__name__}")
     for key, v in value.items():
-        ok = isinstance(v, str | int | float | bool) or v is None or (
-            isinstance(v, list) and all(isinstance(x, str | int | float) for x in v)
+        ok = (
+            isinstance(v, str | int | float | bool)
+            or v is None
+            or (isinstance(v, list) and all(isinstance(x, str | int | float) for x in v))
         )
         if not ok:
             raise ValueError(f"metadata field {key!r} must be a string, number or list of them, got {type(v).__name__}")

@@ -45,8 +45,10 @@ class EncodedItem:
 def features(items: list[ItemInput]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
     """Frozen-backbone features, audio log-mels and the modality mask of a batch."""
     n = len(items)
-    masks = torch.tensor([[it.text is not None and bool(it.text), it.image is not None, it.audio is not None]
-                          for it in items], dtype=torch.bool)
+    masks = torch.tensor(
+        [[it.text is not None and bool(it.text), it.image is not None, it.audio is not None] for it in items],
+        dtype=torch.bool,
+    )
     feats = {"text": torch.zeros(n, text_encoder.TEXT_DIM), "image": torch.zeros(n, vision_encoder.IMAGE_DIM)}
     idx = [i for i in range(n) if masks[i, 0]]
     if idx:
@@ -65,8 +67,17 @@ def features(items: list[ItemInput]) -> tuple[dict[str, torch.Tensor], torch.Ten
 
 
 def library_versions() -> dict[str, str]:
-    names = ("torch", "torchaudio", "torchvision", "sentence-transformers", "transformers", "timm", "implicit",
-             "qdrant-client", "numpy")
+    names = (
+        "torch",
+        "torchaudio",
+        "torchvision",
+        "sentence-transformers",
+        "transformers",
+        "timm",
+        "implicit",
+        "qdrant-client",
+        "numpy",
+    )
     out = {"python": platform.python_version()}
     for name in names:
         try:
@@ -79,9 +90,18 @@ def library_versions() -> dict[str, str]:
 class ThawModel:
     """A trained model version: the network, the CF factors it was regressed onto, and its serving defaults."""
 
-    def __init__(self, net: ThawNet, *, version: str, user_ids: list[str], user_factors: np.ndarray,
-                 item_ids: list[str], item_factors: np.ndarray, config: dict[str, Any],
-                 metrics: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: ThawNet,
+        *,
+        version: str,
+        user_ids: list[str],
+        user_factors: np.ndarray,
+        item_ids: list[str],
+        item_factors: np.ndarray,
+        config: dict[str, Any],
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
         self.net = net.eval()
         self.version = version
         self.user_ids, self.user_factors = user_ids, user_factors
@@ -99,7 +119,11 @@ class ThawModel:
 
     @property
     def embedding_dims(self) -> dict[str, int]:
-        return {"text": text_encoder.TEXT_DIM, "image": vision_encoder.IMAGE_DIM, "audio": int(self.net.config["audio_dim"])}
+        return {
+            "text": text_encoder.TEXT_DIM,
+            "image": vision_encoder.IMAGE_DIM,
+            "audio": int(self.net.config["audio_dim"]),
+        }
 
     @torch.inference_mode()
     def encode(self, items: list[ItemInput]) -> list[EncodedItem]:
@@ -109,20 +133,33 @@ class ThawModel:
         empty = [items[i].item_id for i in range(len(items)) if not masks[i].any()]
         if empty:
             raise ValueError(f"items {empty[:5]} have no text, image or audio to encode")
-        feats["audio"] = self.net.audio_embedding(mel, owner, len(items)) if len(owner) else torch.zeros(len(items), self.net.config["audio_dim"])
+        feats["audio"] = (
+            self.net.audio_embedding(mel, owner, len(items))
+            if len(owner)
+            else torch.zeros(len(items), int(self.net.config["audio_dim"]))
+        )
         fused, _ = self.net(feats, masks)
         out = []
         for i in range(len(items)):
-            emb = {m: torch.nn.functional.normalize(feats[m][i], dim=0).numpy().copy()
-                   for j, m in enumerate(MODALITY_ORDER) if masks[i, j]}
+            emb = {
+                m: torch.nn.functional.normalize(feats[m][i], dim=0).numpy().copy()
+                for j, m in enumerate(MODALITY_ORDER)
+                if masks[i, j]
+            }
             out.append(EncodedItem(fused[i].numpy().copy(), emb))
         return out
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        config = dict(self.config, version=self.version, format=FORMAT, net=self.net.config, dim=self.dim,
-                      embedding_dims=self.embedding_dims,
-                      backbones={"text": text_encoder.BACKBONE, "image": vision_encoder.BACKBONE})
+        config = dict(
+            self.config,
+            version=self.version,
+            format=FORMAT,
+            net=self.net.config,
+            dim=self.dim,
+            embedding_dims=self.embedding_dims,
+            backbones={"text": text_encoder.BACKBONE, "image": vision_encoder.BACKBONE},
+        )
         (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, directory / "weights.safetensors")
         save_np({"users": self.user_factors, "items": self.item_factors}, directory / "factors.safetensors")
@@ -140,8 +177,16 @@ class ThawModel:
         factors = load_np(directory / "factors.safetensors")
         ids = json.loads((directory / "ids.json").read_text())
         metrics = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
-        return cls(net, version=config["version"], user_ids=ids["users"], user_factors=factors["users"],
-                   item_ids=ids["items"], item_factors=factors["items"], config=config, metrics=metrics)
+        return cls(
+            net,
+            version=config["version"],
+            user_ids=ids["users"],
+            user_factors=factors["users"],
+            item_ids=ids["items"],
+            item_factors=factors["items"],
+            config=config,
+            metrics=metrics,
+        )
 
 
 _VERSION = re.compile(r"^v(\d+)$")
@@ -150,7 +195,9 @@ _VERSION = re.compile(r"^v(\d+)$")
 def list_versions(models_dir: Path) -> list[str]:
     if not models_dir.is_dir():
         return []
-    found = [p.name for p in models_dir.iterdir() if p.is_dir() and _VERSION.match(p.name) and (p / "config.json").exists()]
+    found = [
+        p.name for p in models_dir.iterdir() if p.is_dir() and _VERSION.match(p.name) and (p / "config.json").exists()
+    ]
     return sorted(found, key=lambda v: int(v[1:]))
 
 

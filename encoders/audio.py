@@ -37,9 +37,14 @@ class AudioCNN(nn.Module):
         self.config = {"n_mels": n_mels, "channels": channels, "dim": dim}
         self.norm = nn.BatchNorm1d(n_mels)
         self.convs = nn.Sequential(
-            nn.Conv1d(n_mels, channels, 4, padding="same"), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(channels, channels, 4, padding="same"), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(channels, channels, 4, padding="same"), nn.ReLU(),
+            nn.Conv1d(n_mels, channels, 4, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(channels, channels, 4, padding="same"),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(channels, channels, 4, padding="same"),
+            nn.ReLU(),
         )
         self.proj = nn.Linear(3 * channels, dim)
 

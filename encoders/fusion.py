@@ -24,11 +24,13 @@ class ThawNet(nn.Module):
         super().__init__()
         self.config = {"dim": dim, "hidden": hidden, "dropout": dropout, "audio_dim": audio_dim}
         self.audio = AudioCNN(dim=audio_dim)
-        self.heads = nn.ModuleDict({
-            "text": head(TEXT_DIM, dim, hidden, dropout),
-            "image": head(IMAGE_DIM, dim, hidden, dropout),
-            "audio": head(audio_dim, dim, hidden, dropout),
-        })
+        self.heads = nn.ModuleDict(
+            {
+                "text": head(TEXT_DIM, dim, hidden, dropout),
+                "image": head(IMAGE_DIM, dim, hidden, dropout),
+                "audio": head(audio_dim, dim, hidden, dropout),
+            }
+        )
         self.weights = nn.Parameter(torch.zeros(len(MODALITY_ORDER)))
 
     def audio_embedding(self, mels: torch.Tensor, owner: torch.Tensor, n_items: int) -> torch.Tensor:

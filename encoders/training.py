@@ -103,12 +103,18 @@ def predict(net: ThawNet, table: Table, masks: torch.Tensor | None = None) -> np
             feats, mel, owner, m = table.batch(idx)
             feats["audio"] = net.audio_embedding(mel, owner, len(idx))
             out.append(net(feats, m if masks is None else masks[idx])[0].numpy())
-    return np.concatenate(out) if out else np.zeros((0, net.config["dim"]), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, int(net.config["dim"])), np.float32)
 
 
 def rank_cold(
-    user_ids: list[str], user_factors: np.ndarray, cold_ids: list[str], cold_pred: np.ndarray,
-    positives: dict[str, set[str]], *, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None,
+    user_ids: list[str],
+    user_factors: np.ndarray,
+    cold_ids: list[str],
+    cold_pred: np.ndarray,
+    positives: dict[str, set[str]],
+    *,
+    alpha: float = 1.0,
+    profiles: dict[str, np.ndarray] | None = None,
 ) -> dict[str, list[str]]:
     """Every user with cold positives ranks all cold items by the blended score (alpha=1: CF score only)."""
     uix = {u: i for i, u in enumerate(user_ids)}
@@ -132,8 +138,9 @@ def history_profiles(ds: Dataset, warm_ids: list[str], warm_pred: np.ndarray) ->
     return {u: p for u, vs in rows.items() if (p := profile(vs)) is not None}
 
 
-def _loss(kind: str, pred: torch.Tensor, target: torch.Tensor, users: torch.Tensor, prefs: torch.Tensor,
-          alpha: float) -> torch.Tensor:
+def _loss(
+    kind: str, pred: torch.Tensor, target: torch.Tensor, users: torch.Tensor, prefs: torch.Tensor, alpha: float
+) -> torch.Tensor:
     if kind == "mse":  # van den Oord et al.: regress onto the item factors
         return ((pred - target) ** 2).sum(-1).mean()
     scores = pred @ users.T
@@ -153,8 +160,14 @@ def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = Tr
     timings: dict[str, float] = {}
     t = time.perf_counter()
     warm_events = ds.interactions.for_items(split.warm)
-    factors = fit_als(warm_events, factors=config.factors, regularization=config.als_reg,
-                      iterations=config.als_iterations, alpha=config.als_alpha, seed=config.seed)
+    factors = fit_als(
+        warm_events,
+        factors=config.factors,
+        regularization=config.als_reg,
+        iterations=config.als_iterations,
+        alpha=config.als_alpha,
+        seed=config.seed,
+    )
     timings["als_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -173,7 +186,9 @@ def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = Tr
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in uix}
 
     def val_ndcg(net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
-        ranks = rank_cold(factors.user_ids, factors.users, val_ids, predict(net, val), val_pos, alpha=alpha, profiles=profiles)
+        ranks = rank_cold(
+            factors.user_ids, factors.users, val_ids, predict(net, val), val_pos, alpha=alpha, profiles=profiles
+        )
         return evaluate_rankings(ranks, val_pos, n_items=len(val_ids), ks=(20,))["ndcg@20"] if val_pos else 0.0
 
     net = ThawNet(dim=config.factors, hidden=config.hidden)
@@ -194,8 +209,9 @@ def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = Tr
             for j in range(3):  # every head must work alone too
                 have = masks[:, j]
                 if have.any():
-                    loss = loss + 0.3 * _loss(config.loss, preds[have, j], targets[idx][have], users, prefs[idx][have],
-                                              config.als_alpha)
+                    loss = loss + 0.3 * _loss(
+                        config.loss, preds[have, j], targets[idx][have], users, prefs[idx][have], config.als_alpha
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -210,12 +226,30 @@ def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = Tr
     profiles = history_profiles(ds, factors.item_ids, predict(net, warm))
     alphas = {a: val_ndcg(net, a, profiles) for a in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)}
     alpha = max(alphas, key=lambda a: (alphas[a], a))
-    cfg: dict[str, Any] = dict(asdict(config), alpha=alpha, als_reg=config.als_reg, cf_shrinkage=config.cf_shrinkage,
-                               train_items=len(factors.item_ids), train_users=len(factors.user_ids))
-    metrics = {"cold_val_ndcg@20": round(best, 4), "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
-               "history": history, "timings_s": {k: round(v, 2) for k, v in timings.items()},
-               "n_val_users": len(val_pos)}
+    cfg: dict[str, Any] = dict(
+        asdict(config),
+        alpha=alpha,
+        als_reg=config.als_reg,
+        cf_shrinkage=config.cf_shrinkage,
+        train_items=len(factors.item_ids),
+        train_users=len(factors.user_ids),
+    )
+    metrics = {
+        "cold_val_ndcg@20": round(best, 4),
+        "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
+        "history": history,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "n_val_users": len(val_pos),
+    }
     log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f", best, alpha)
-    model = ThawModel(net, version="", user_ids=factors.user_ids, user_factors=factors.users,
-                      item_ids=factors.item_ids, item_factors=factors.items, config=cfg, metrics=metrics)
+    model = ThawModel(
+        net,
+        version="",
+        user_ids=factors.user_ids,
+        user_factors=factors.users,
+        item_ids=factors.item_ids,
+        item_factors=factors.items,
+        config=cfg,
+        metrics=metrics,
+    )
     return model

@@ -11,12 +11,14 @@ from torchvision import transforms
 
 IMAGE_DIM = 1280
 BACKBONE = "timm/tf_efficientnet_lite0 (efficientnet-lite0-57934424.pth)"
-PREPROCESS = transforms.Compose([
-    transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-    transforms.CenterCrop(224),
-    transforms.ToTensor(),
-    transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-])
+PREPROCESS = transforms.Compose(
+    [
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ]
+)
 
 
 @functools.lru_cache(maxsize=1)

@@ -64,12 +64,20 @@ def similar(
     if item is None:
         raise NotIndexedError(f"item {item_id!r} is not indexed")
     if using not in item.vectors:
-        raise NotIndexedError(f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})")
+        raise NotIndexedError(
+            f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})"
+        )
     return search(index, item.vectors[using], using, k, payload_filter(match, exclude_items=[item_id]))
 
 
 def search(
-    index: Index, vector: np.ndarray, using: str, k: int, query_filter: qm.Filter | None = None, *, with_vectors: bool = False
+    index: Index,
+    vector: np.ndarray,
+    using: str,
+    k: int,
+    query_filter: qm.Filter | None = None,
+    *,
+    with_vectors: bool = False,
 ) -> list[Hit]:
     with index.session() as client:
         res = client.query_points(
@@ -81,10 +89,13 @@ def search(
             with_payload=True,
             with_vectors=[CF, CONTENT] if with_vectors else False,
         )
-    return [Hit(str((p.payload or {}).get("item_id")), float(p.score), p.payload or {}, _vectors(p.vector)) for p in res.points]
+    return [
+        Hit(str((p.payload or {}).get("item_id")), float(p.score), p.payload or {}, _vectors(p.vector))
+        for p in res.points
+    ]
 
 
-def get_items(index: Index, item_ids: list[str], *, vectors: list[str]) -> list[Hit]:
+def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool) -> list[Hit]:
     if not item_ids:
         return []
     with index.session() as client:

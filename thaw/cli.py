@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,19 +18,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 app = typer.Typer(help="Thaw: content embeddings for cold-start recommendation.", no_args_is_help=True)
 console = Console()
 
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="dataset directory (shared/data/README.md format)")]  # noqa: UP007
+DataOpt = Annotated[Path | None, typer.Option("--data", help="dataset directory (shared/data/README.md format)")]
 
 
 @app.command()
 def train(
     data: Annotated[Path, typer.Option("--data", help="dataset directory")],
     seed: int = 0,
-    min_rating: Annotated[Optional[float], typer.Option(help="keep interactions rated >= this")] = None,  # noqa: UP007
+    min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this")] = None,
     activate: Annotated[bool, typer.Option(help="index the catalogue with this version and make it active")] = True,
 ) -> None:
     """Train a model version (ALS + encoders) and write it under the models directory."""
     from encoders.artifacts import save_version, set_active
-    from encoders.training import TrainConfig, train as train_model
+    from encoders.training import TrainConfig
+    from encoders.training import train as train_model
     from thaw.datasets import load_dataset, split_items
     from thaw.demo import import_interactions
     from thaw.runtime import Runtime
@@ -70,8 +71,8 @@ def ingest(
     item_id: str,
     url: str = "http://127.0.0.1:8000",
     metadata: Annotated[str, typer.Option(help="JSON object of text fields")] = "{}",
-    image: Optional[Path] = None,  # noqa: UP007
-    audio: Optional[Path] = None,  # noqa: UP007
+    image: Path | None = None,
+    audio: Path | None = None,
     wait: bool = True,
 ) -> None:
     """Upload one item to a running service and wait until it is servable."""
@@ -96,9 +97,9 @@ def ingest(
 def demo(
     data: DataOpt = None,
     seed: int = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="write the summary as JSON")] = None,  # noqa: UP007
-    data_dir: Annotated[Optional[Path], typer.Option(help="where the demo keeps its state")] = None,  # noqa: UP007
-    min_rating: Optional[float] = None,  # noqa: UP007
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary as JSON")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the demo keeps its state")] = None,
+    min_rating: float | None = None,
 ) -> None:
     """Train, serve, ingest the cold items over HTTP, and report latency and cold-start quality vs random."""
     from thaw.datasets import load_dataset, split_items
@@ -117,7 +118,10 @@ def demo(
     table.add_column("figure")
     table.add_column("value", justify="right")
     table.add_row("items ingested over HTTP", str(summary["items_ingested"]))
-    table.add_row("upload→servable p50 / p95 (s)", f"{summary['servable_latency_s']['p50']} / {summary['servable_latency_s']['p95']}")
+    table.add_row(
+        "upload→servable p50 / p95 (s)",
+        f"{summary['servable_latency_s']['p50']} / {summary['servable_latency_s']['p95']}",
+    )
     for method in ("thaw", "random"):
         m = summary["cold"][method]
         table.add_row(f"cold Recall@20 / NDCG@20 — {method}", f"{m['recall@20']:.4f} / {m['ndcg@20']:.4f}")

@@ -89,12 +89,11 @@ def _read_items(path: Path, root: Path) -> dict[str, Item]:
                 item_id = check_id(row.get("item_id") if isinstance(row, dict) else None)
             except (json.JSONDecodeError, ValueError) as exc:
                 raise DatasetError(f"{path}:{lineno}: expected a JSON object with a valid item_id: {exc}") from exc
-            media = {}
+            media: dict[str, Path | None] = {}
             for key in ("image", "audio"):
                 rel = row.get(key)
-                media[key] = (root / rel).resolve() if isinstance(rel, str) and rel else None
-                if media[key] is not None and not media[key].is_file():
-                    media[key] = None  # a listed file that is absent: the item lacks that modality
+                path = (root / rel).resolve() if isinstance(rel, str) and rel else None
+                media[key] = path if path is not None and path.is_file() else None  # absent file: no modality
             fields = {k: v for k, v in row.items() if k not in ("item_id", "image", "audio")}
             items[item_id] = Item(item_id, fields, media["image"], media["audio"])
     return items
@@ -105,7 +104,9 @@ def _read_interactions(path: Path, min_rating: float | None) -> Interactions:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         if "user_id" not in header or "item_id" not in header:
-            raise DatasetError(f"{path}: header must have user_id,item_id (optional rating,weight,timestamp); got {header}")
+            raise DatasetError(
+                f"{path}: header must have user_id,item_id (optional rating,weight,timestamp); got {header}"
+            )
         rows = list(reader)
     users = np.array([r["user_id"] for r in rows], dtype=object)
     items = np.array([r["item_id"] for r in rows], dtype=object)

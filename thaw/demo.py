@@ -131,8 +131,11 @@ def run_demo(ds: Dataset, split: Split, data_dir: Path, *, seed: int = 0, progre
     rng = random.Random(seed)
     random_rankings = {u: rng.sample(cold, len(cold)) for u in positives}
     metrics = {
-        name: {m: round(v, 4) for m, v in evaluate_rankings(r, positives, n_items=len(cold), ks=(20,)).items()
-               if m in ("recall@20", "ndcg@20")}
+        name: {
+            m: round(v, 4)
+            for m, v in evaluate_rankings(r, positives, n_items=len(cold), ks=(20,)).items()
+            if m in ("recall@20", "ndcg@20")
+        }
         for name, r in (("thaw", rankings), ("random", random_rankings))
     }
     rt.close()

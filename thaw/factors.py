@@ -39,14 +39,21 @@ def fit_als(
     iix = {it: i for i, it in enumerate(item_ids)}
     rows = np.fromiter((uix[u] for u in interactions.user_ids), np.int32, len(interactions))
     cols = np.fromiter((iix[i] for i in interactions.item_ids), np.int32, len(interactions))
-    matrix = sp.csr_matrix((alpha * interactions.weights.astype(np.float32), (rows, cols)),
-                           shape=(len(user_ids), len(item_ids)))
-    model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
-                                    random_state=seed, calculate_training_loss=False)
+    matrix = sp.csr_matrix(
+        (alpha * interactions.weights.astype(np.float32), (rows, cols)), shape=(len(user_ids), len(item_ids))
+    )
+    model = AlternatingLeastSquares(
+        factors=factors,
+        regularization=regularization,
+        iterations=iterations,
+        random_state=seed,
+        calculate_training_loss=False,
+    )
     with threadpool_limits(1, "blas"):
         model.fit(matrix, show_progress=False)
-    return Factors(user_ids, item_ids, np.asarray(model.user_factors, np.float32),
-                   np.asarray(model.item_factors, np.float32))
+    return Factors(
+        user_ids, item_ids, np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+    )
 
 
 def fold_in(fixed: np.ndarray, confidences: np.ndarray, reg: float) -> np.ndarray:

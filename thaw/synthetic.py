@@ -15,31 +15,71 @@ SAMPLE_RATE = 16000
 
 # Each latent taste has its own words, colour, shape, pitch and rhythm, so every modality can reveal it.
 TOPICS: list[dict[str, object]] = [
-    {"words": "space galaxy rocket astronaut planet alien orbit starship", "rgb": (20, 30, 120), "shape": "circle",
-     "hz": 220.0, "beat": 2.0},
-    {"words": "love romance wedding kiss heart couple date letter", "rgb": (220, 60, 120), "shape": "heart",
-     "hz": 330.0, "beat": 1.0},
-    {"words": "war soldier battle army tank general trench rifle", "rgb": (90, 90, 40), "shape": "square",
-     "hz": 110.0, "beat": 4.0},
-    {"words": "detective murder crime police clue suspect alibi heist", "rgb": (30, 30, 30), "shape": "triangle",
-     "hz": 165.0, "beat": 3.0},
-    {"words": "cartoon puppy toys family kids birthday circus magic", "rgb": (250, 200, 40), "shape": "circle",
-     "hz": 523.0, "beat": 6.0},
-    {"words": "horror ghost haunted zombie vampire curse blood scream", "rgb": (120, 0, 0), "shape": "triangle",
-     "hz": 82.0, "beat": 1.5},
-    {"words": "ocean sailing island beach surf whale pirate voyage", "rgb": (0, 150, 200), "shape": "stripes",
-     "hz": 392.0, "beat": 2.5},
-    {"words": "football basketball champion coach team stadium race medal", "rgb": (40, 160, 40), "shape": "square",
-     "hz": 262.0, "beat": 5.0},
+    {
+        "words": "space galaxy rocket astronaut planet alien orbit starship",
+        "rgb": (20, 30, 120),
+        "shape": "circle",
+        "hz": 220.0,
+        "beat": 2.0,
+    },
+    {
+        "words": "love romance wedding kiss heart couple date letter",
+        "rgb": (220, 60, 120),
+        "shape": "heart",
+        "hz": 330.0,
+        "beat": 1.0,
+    },
+    {
+        "words": "war soldier battle army tank general trench rifle",
+        "rgb": (90, 90, 40),
+        "shape": "square",
+        "hz": 110.0,
+        "beat": 4.0,
+    },
+    {
+        "words": "detective murder crime police clue suspect alibi heist",
+        "rgb": (30, 30, 30),
+        "shape": "triangle",
+        "hz": 165.0,
+        "beat": 3.0,
+    },
+    {
+        "words": "cartoon puppy toys family kids birthday circus magic",
+        "rgb": (250, 200, 40),
+        "shape": "circle",
+        "hz": 523.0,
+        "beat": 6.0,
+    },
+    {
+        "words": "horror ghost haunted zombie vampire curse blood scream",
+        "rgb": (120, 0, 0),
+        "shape": "triangle",
+        "hz": 82.0,
+        "beat": 1.5,
+    },
+    {
+        "words": "ocean sailing island beach surf whale pirate voyage",
+        "rgb": (0, 150, 200),
+        "shape": "stripes",
+        "hz": 392.0,
+        "beat": 2.5,
+    },
+    {
+        "words": "football basketball champion coach team stadium race medal",
+        "rgb": (40, 160, 40),
+        "shape": "square",
+        "hz": 262.0,
+        "beat": 5.0,
+    },
 ]
-FILLER = "the a story of an about with who in their one new old great".split()
+FILLER = ["the", "a", "story", "of", "an", "about", "with", "who", "in", "their", "one", "new", "old", "great"]
 
 
 def _image(mix: np.ndarray, rng: np.random.Generator, size: int = 64) -> Image.Image:
     main = int(np.argmax(mix))
     rgb = np.zeros(3)
     for k, w in enumerate(mix):
-        rgb += w * np.array(TOPICS[k]["rgb"], float)  # type: ignore[arg-type]
+        rgb += w * np.array(TOPICS[k]["rgb"], float)
     bg = tuple(int(c) for c in np.clip(rgb + rng.normal(0, 12, 3), 0, 255))
     img = Image.new("RGB", (size, size), bg)
     draw = ImageDraw.Draw(img)

@@ -38,8 +38,13 @@ def start_embedded_worker(app: Celery) -> tuple[threading.Thread, object]:
     """Run a real Celery worker (solo pool) on a thread of this process: the embedded default, where Qdrant's
     on-disk storage belongs to one process. Returns the thread and the worker, whose `stop()` ends it."""
     worker = app.WorkController(
-        pool_cls="solo", concurrency=1, without_heartbeat=True, without_mingle=True, without_gossip=True,
-        hostname="embedded@thaw", loglevel="WARNING",
+        pool_cls="solo",
+        concurrency=1,
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        hostname="embedded@thaw",
+        loglevel="WARNING",
     )
     thread = threading.Thread(target=worker.start, name="thaw-worker", daemon=True)
     thread.start()

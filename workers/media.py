@@ -67,8 +67,14 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
             return img.convert("RGB")
     except MediaError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise MediaError(f"{kind} image is corrupt or truncated: {exc}") from exc
 
 
@@ -84,8 +90,12 @@ def decode_audio(data: bytes, *, sample_rate: int = 16000, max_seconds: float = 
         if info.samplerate <= 0:
             raise MediaError("audio declares no sample rate")
         if info.frames > 0 and info.frames / info.samplerate > max_seconds:
-            raise MediaError(f"audio lasts {info.frames / info.samplerate:.0f} s, more than the {max_seconds:.0f} s limit")
-        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1)
+            raise MediaError(
+                f"audio lasts {info.frames / info.samplerate:.0f} s, more than the {max_seconds:.0f} s limit"
+            )
+        wave, rate = sf.read(
+            io.BytesIO(data), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1
+        )
     except MediaError:
         raise
     except Exception as exc:  # libsndfile raises several types for damaged streams

@@ -113,9 +113,7 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
             _finish(session, job, "failed", reason)
 
 
-def index_dataset(
-    rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence[str], *, batch_size: int = 32
-) -> int:
+def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence[str], *, batch_size: int = 32) -> int:
     """Bootstrap a model version's collections from a dataset: keep each item's originals in the media store and
     its record in the database, write its content vectors, the warm items' learned CF vectors and interaction
     counts, and the users' factors; then point the aliases at this version. Returns the items indexed."""

@@ -38,4 +38,4 @@ def embed_item(self: Task, item_id: str, job_id: str) -> str:
             pipeline.fail_job(runtime(), job_id, f"gave up after {limit} retries: {type(exc).__name__}: {exc}")
             log.exception("job %s failed permanently", job_id)
             return "failed"
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc

@@ -189,4 +189,6 @@ def similar_items(
         hits = similar(rt.index, item_id, using, k, match)
     except NotIndexedError as exc:
         raise HTTPException(404, str(exc)) from exc
-    return SimilarItems(item_id=item_id, using=using, items=[ScoredItem(item_id=h.item_id, score=h.score) for h in hits])
+    return SimilarItems(
+        item_id=item_id, using=using, items=[ScoredItem(item_id=h.item_id, score=h.score) for h in hits]
+    )

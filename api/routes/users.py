@@ -24,7 +24,9 @@ router = APIRouter(tags=["recommendations"])
 
 
 def _served(hit: Hit, shrinkage: float) -> np.ndarray | None:
-    return served_vector(hit.vectors.get(CF), hit.vectors.get(CONTENT), int(hit.payload.get("interactions", 0)), shrinkage)
+    return served_vector(
+        hit.vectors.get(CF), hit.vectors.get(CONTENT), int(hit.payload.get("interactions", 0)), shrinkage
+    )
 
 
 def user_vector(rt: Runtime, user_id: str, reg: float, shrinkage: float) -> np.ndarray | None:
@@ -74,7 +76,9 @@ def recommend(
             candidates.setdefault(hit.item_id, hit)
     hits = [h for h in candidates.values() if _served(h, shrinkage) is not None]
     if not hits:
-        return Recommendations(rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=[])
+        return Recommendations(
+            rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=[]
+        )
     served = np.stack([_served(h, shrinkage) for h in hits])  # type: ignore[misc]
     seen_hits = get_items(rt.index, seen[:200], vectors=[CONTENT])
     user_profile = profile([h.vectors[CONTENT] for h in seen_hits if CONTENT in h.vectors])
@@ -84,7 +88,9 @@ def recommend(
     scores = score_items(user, served, contents, user_profile, alpha)
     order = np.argsort(-scores, kind="stable")[:k]
     items = [ScoredItem(item_id=hits[i].item_id, score=float(scores[i])) for i in order]
-    return Recommendations(rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=items)
+    return Recommendations(
+        rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=items
+    )
 
 
 @router.post("/events", response_model=EventsAccepted)
@@ -105,7 +111,9 @@ def post_events(events: EventIn | list[EventIn], rt: RuntimeDep) -> EventsAccept
         if unknown:
             raise HTTPException(404, f"unknown item ids {unknown[:10]}: upload them before sending events")
         for e in batch:
-            session.add(Interaction(user_id=e.user_id, item_id=e.item_id, weight=e.weight, kind=e.type, rec_id=e.rec_id))
+            session.add(
+                Interaction(user_id=e.user_id, item_id=e.item_id, weight=e.weight, kind=e.type, rec_id=e.rec_id)
+            )
         session.commit()
         for item_id, hit in indexed.items():
             audience = item_audience(session, item_id)

@@ -90,9 +90,27 @@ class Worker:
 
     def __init__(self, env: dict[str, str], name: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo", "-c", "1",
-             "--without-heartbeat", "--without-mingle", "--without-gossip", "-n", f"{name}@%h", "-l", "WARNING"],
-            env=env, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "worker",
+                "-P",
+                "solo",
+                "-c",
+                "1",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "WARNING",
+            ],
+            env=env,
+            cwd=ROOT,
         )
 
     def alive(self) -> bool:
@@ -115,8 +133,19 @@ class Worker:
 def api_url(service_env: dict[str, str]) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port), "--log-level", "warning"],
-        env=service_env, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=service_env,
+        cwd=ROOT,
     )
     _wait_port(port, 60)
     yield f"http://127.0.0.1:{port}"

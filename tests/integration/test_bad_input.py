@@ -23,8 +23,11 @@ def wav_bytes(seconds: float = 0.5, sr: int = 16000) -> bytes:
 
 
 def post(client: httpx.Client, item_id: object = "bad-1", metadata: str = "{}", **files: bytes) -> httpx.Response:
-    return client.post("/items", data={"item_id": str(item_id), "metadata": metadata},
-                       files={k: (f"x.{k}", v) for k, v in files.items()} or None)
+    return client.post(
+        "/items",
+        data={"item_id": str(item_id), "metadata": metadata},
+        files={k: (f"x.{k}", v) for k, v in files.items()} or None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,7 +85,9 @@ def test_bad_requests_elsewhere(client: httpx.Client) -> None:
     assert client.post("/events", content=b"[{", headers={"content-type": "application/json"}).status_code == 422
 
 
-def test_worker_survives_a_failed_job_and_keeps_working(client: httpx.Client, worker: Worker, service_env: dict[str, str]) -> None:
+def test_worker_survives_a_failed_job_and_keeps_working(
+    client: httpx.Client, worker: Worker, service_env: dict[str, str]
+) -> None:
     """An original that goes bad after upload fails its job with a reason; the next item is embedded."""
     from pathlib import Path
 

@@ -10,7 +10,6 @@ import pytest
 
 from indexer.collections import ITEMS, Index
 from indexer.search import payload_filter
-
 from tests.integration.conftest import Worker, wait_job
 from tests.integration.test_service import ogg, upload
 

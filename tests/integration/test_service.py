@@ -43,7 +43,10 @@ CASES = {
     "new-text": ({"title": "Rocket galaxy", "description": "an astronaut in orbit around an alien planet"}, {}),
     "new-image": (None, {"image": png((20, 30, 120))}),
     "new-audio": (None, {"audio": ogg(220.0)}),
-    "new-all": ({"title": "Ghost curse", "description": "a haunted vampire"}, {"image": png((120, 0, 0)), "audio": ogg(82.0)}),
+    "new-all": (
+        {"title": "Ghost curse", "description": "a haunted vampire"},
+        {"image": png((120, 0, 0)), "audio": ogg(82.0)},
+    ),
 }
 
 
@@ -54,7 +57,12 @@ def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client,
         assert job["status"] == "succeeded", job
         item = client.get(f"/items/{item_id}").json()
         assert item["indexed"] is True and item["interactions"] == 0
-        expected = {"new-text": ["text"], "new-image": ["image"], "new-audio": ["audio"], "new-all": ["text", "image", "audio"]}
+        expected = {
+            "new-text": ["text"],
+            "new-image": ["image"],
+            "new-audio": ["audio"],
+            "new-all": ["text", "image", "audio"],
+        }
         assert item["modalities"] == expected[item_id]
     # similar items by the fused content vector and by each modality's own embedding
     sim = client.get("/items/new-all/similar", params={"k": 5}).json()
@@ -68,15 +76,22 @@ def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client,
     assert set(CASES) <= got, got
     # the new items appear in the filtered similar results of a warm item too
     warm = client.get("/items/new-text/similar", params={"k": 3, "filter": json.dumps({"interactions": 0})}).json()
-    assert warm["items"] and all(client.get(f"/items/{s['item_id']}").json()["interactions"] == 0 for s in warm["items"])
+    assert warm["items"] and all(
+        client.get(f"/items/{s['item_id']}").json()["interactions"] == 0 for s in warm["items"]
+    )
     assert worker.alive()
 
 
 def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker: Worker) -> None:
     wait_job(client, upload(client, "evt-item", {"title": "Surf whale island"}))
     assert client.get("/users/brand-new-user/recommendations").status_code == 404
-    resp = client.post("/events", json=[{"user_id": "brand-new-user", "item_id": "evt-item"},
-                                        {"user_id": "u1", "item_id": "evt-item", "weight": 2}])
+    resp = client.post(
+        "/events",
+        json=[
+            {"user_id": "brand-new-user", "item_id": "evt-item"},
+            {"user_id": "u1", "item_id": "evt-item", "weight": 2},
+        ],
+    )
     assert resp.status_code == 200 and resp.json() == {"accepted": 2}
     item = client.get("/items/evt-item").json()
     assert item["interactions"] == 2

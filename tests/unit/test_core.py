@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -108,9 +109,12 @@ def test_metrics_on_hand_computed_values() -> None:
 
 def test_dataset_reading_and_split(tmp_path: Path) -> None:
     (tmp_path / "items.jsonl").write_text(
-        "\n".join('{"item_id": %d, "title": "t%d"}' % (i, i) for i in range(50)) + '\n{"item_id": 99, "image": "gone.jpg"}\n'
+        "\n".join(json.dumps({"item_id": i, "title": f"t{i}"}) for i in range(50))
+        + '\n{"item_id": 99, "image": "gone.jpg"}\n'
     )
-    rows = ["user_id,item_id,rating"] + [f"u{u},{i},{1 + (u + i) % 5}" for u in range(10) for i in range(0, 50, 1 + u % 3)]
+    rows = ["user_id,item_id,rating"] + [
+        f"u{u},{i},{1 + (u + i) % 5}" for u in range(10) for i in range(0, 50, 1 + u % 3)
+    ]
     (tmp_path / "interactions.csv").write_text("\n".join(rows) + "\nu1,unknown,5\n")
     ds = load_dataset(tmp_path)
     assert len(ds.items) == 51 and ds.items["99"].modalities == ()

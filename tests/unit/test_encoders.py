@@ -18,8 +18,11 @@ def test_text_head_recovers_planted_factors() -> None:
     torch.manual_seed(0)
     n, dim = 400, 8
     factors = torch.randn(n, dim)
-    feats = {"text": factors @ torch.randn(dim, 384) + 0.05 * torch.randn(n, 384),
-             "image": torch.zeros(n, 1280), "audio": torch.zeros(n, 128)}
+    feats = {
+        "text": factors @ torch.randn(dim, 384) + 0.05 * torch.randn(n, 384),
+        "image": torch.zeros(n, 1280),
+        "audio": torch.zeros(n, 128),
+    }
     masks = torch.tensor([[True, False, False]] * n)
     net = ThawNet(dim=dim, hidden=64, dropout=0.0)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -55,8 +58,10 @@ def test_any_subset_of_modalities_encodes(small_model: tuple[ThawModel, object],
     model, (ds, _) = small_model  # type: ignore[misc]
     full = next(i for i in item_inputs(ds, sorted(ds.items)) if i.text and i.image is not None and i.audio is not None)
     cases = {
-        "text": ItemInput("t", text=full.text), "image": ItemInput("i", image=full.image),
-        "audio": ItemInput("a", audio=full.audio), "all": full,
+        "text": ItemInput("t", text=full.text),
+        "image": ItemInput("i", image=full.image),
+        "audio": ItemInput("a", audio=full.audio),
+        "all": full,
     }
     out = model.encode(list(cases.values()))
     for (name, _), enc in zip(cases.items(), out, strict=True):

@@ -14,7 +14,12 @@ from PIL import Image
 
 from workers.media import MediaError, MediaStore, audio_crops, decode_audio, decode_image, sniff_kind
 
-FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
 
 
 def tone(fmt: str, sr: int, channels: int, seconds: float, hz: float = 440.0) -> bytes:
@@ -50,8 +55,14 @@ def test_long_audio_decodes_and_crops() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x00\x01garbage" * 50, tone("wav", 16000, 1, 1.0)[:44], b"RIFF\x00\x00\x00\x00WAVEfmt " + b"\xff" * 64,
-     b"OggS" + b"\x00" * 300, "plain text, not audio".encode()],
+    [
+        b"",
+        b"\x00\x01garbage" * 50,
+        tone("wav", 16000, 1, 1.0)[:44],
+        b"RIFF\x00\x00\x00\x00WAVEfmt " + b"\xff" * 64,
+        b"OggS" + b"\x00" * 300,
+        b"plain text, not audio",
+    ],
     ids=["empty", "random", "header-only", "garbled-wav", "garbled-ogg", "text"],
 )
 def test_corrupt_audio_raises_media_error(data: bytes) -> None:
