@@ -92,8 +92,8 @@ def _read_items(path: Path, root: Path) -> dict[str, Item]:
             media: dict[str, Path | None] = {}
             for key in ("image", "audio"):
                 rel = row.get(key)
-                path = (root / rel).resolve() if isinstance(rel, str) and rel else None
-                media[key] = path if path is not None and path.is_file() else None  # absent file: no modality
+                file = (root / rel).resolve() if isinstance(rel, str) and rel else None
+                media[key] = file if file is not None and file.is_file() else None  # absent file: no modality
             fields = {k: v for k, v in row.items() if k not in ("item_id", "image", "audio")}
             items[item_id] = Item(item_id, fields, media["image"], media["audio"])
     return items
