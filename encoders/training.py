@@ -72,6 +72,13 @@ class Table:
     masks: torch.Tensor
     mels: list[torch.Tensor]
 
+    def subset(self, ids: list[str]) -> Table:
+        pos = {item: i for i, item in enumerate(self.ids)}
+        idx = [pos[i] for i in ids]
+        return Table(
+            list(ids), {k: v[idx] for k, v in self.feats.items()}, self.masks[idx], [self.mels[i] for i in idx]
+        )
+
     def batch(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         mels = [self.mels[i] for i in idx]
         owner = torch.tensor([j for j, m in enumerate(mels) for _ in range(len(m))], dtype=torch.long)
@@ -150,9 +157,12 @@ def _loss(
     return -(dist * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
 
 
-def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = True) -> ThawModel:
+def train(
+    ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = True, features: Table | None = None
+) -> ThawModel:
     """Train a model version. Only warm items' interactions reach ALS and the heads; cold validation items are
-    used for early stopping and to tune alpha; cold test items are never read."""
+    used for early stopping and to tune alpha; cold test items are never read. `features` may hold the content
+    features of the catalogue already (evaluation reuses them across seeds and methods)."""
     if config.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
     torch.manual_seed(config.seed)
@@ -171,9 +181,12 @@ def train(ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = Tr
     timings["als_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    warm = content_table(item_inputs(ds, factors.item_ids), progress=progress)
     val_ids = [i for i in split.cold_val if ds.items[i].modalities]
-    val = content_table(item_inputs(ds, val_ids), progress=progress)
+    if features is None:
+        warm = content_table(item_inputs(ds, factors.item_ids), progress=progress)
+        val = content_table(item_inputs(ds, val_ids), progress=progress)
+    else:
+        warm, val = features.subset(factors.item_ids), features.subset(val_ids)
     timings["features_s"] = time.perf_counter() - t
 
     uix = {u: i for i, u in enumerate(factors.user_ids)}

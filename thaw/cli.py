@@ -132,3 +132,56 @@ def demo(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(summary, indent=2))
         console.print(f"summary written to {json_out}")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
+    json_out: Annotated[Path, typer.Option("--json", help="write the results as JSON")],
+    seed: Annotated[list[int], typer.Option(help="one or more seeds for the 80/10/10 item split")] = [0],  # noqa: B006
+    split_file: Annotated[Path | None, typer.Option(help="split.csv fixing warm/cold_val/cold_test")] = None,
+    min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this as positives")] = None,
+    loss: Annotated[str, typer.Option(help="mse | wpe | softmax")] = "softmax",
+    epochs: int = 40,
+) -> None:
+    """Item cold-start protocol: Thaw, its ablations and baselines on the same cold test items."""
+    from encoders.evaluate import catalogue_features, run_protocol, summarise
+    from encoders.training import TrainConfig
+    from thaw.datasets import load_dataset, split_items
+
+    logging.basicConfig(level=logging.WARNING)
+    ds = load_dataset(data, min_rating=min_rating)
+    features = catalogue_features(ds)
+    seeds = [0] if split_file is not None else seed
+    runs = []
+    for s in seeds:
+        split = split_items(ds, seed=s, split_file=split_file)
+        runs.append(run_protocol(ds, split, TrainConfig(seed=s, loss=loss, epochs=epochs), features, seed=s))
+        table = Table(
+            title=f"cold test, seed {s}: {runs[-1]['protocol']['n_users']} users, "
+            f"{runs[-1]['protocol']['n_cold_test_items']} items"
+        )
+        for col in ("method", "recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "coverage@20"):
+            table.add_column(col)
+        for name, m in runs[-1]["methods"].items():
+            table.add_row(
+                name,
+                *(
+                    f"{m[c]:.4f}"
+                    for c in ("recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "coverage@20")
+                ),
+            )
+        console.print(table)
+    result = (
+        runs[0]
+        if len(runs) == 1
+        else {
+            "protocol": [r["protocol"] for r in runs],
+            "methods": summarise(runs),
+            "runs": runs,
+            "timing_s": [r["timing_s"] for r in runs],
+        }
+    )
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2))
+    console.print(f"results written to {json_out}")

@@ -1,0 +1,154 @@
+"""Encoders: the item cold-start protocol (DropoutNet / GAR / ColdRec) — Thaw, its per-modality ablations and
+baselines ranked on the same cold test items in the same process."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoders.training import (
+    Table,
+    TrainConfig,
+    content_table,
+    history_profiles,
+    item_inputs,
+    predict,
+    rank_cold,
+    train,
+)
+from thaw.datasets import Dataset, Split
+from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
+
+KS = (20, 100)
+
+
+def catalogue_features(ds: Dataset, *, progress: bool = True) -> Table:
+    """Frozen-backbone features of every item with content, computed once for all seeds and methods."""
+    ids = [i for i in sorted(ds.items) if ds.items[i].modalities]
+    return content_table(item_inputs(ds, ids), progress=progress)
+
+
+def _content_matrix(table: Table) -> np.ndarray:
+    """An item's content embedding for the baselines: its unit text and image features side by side."""
+    parts = [torch.nn.functional.normalize(table.feats[m], dim=1).numpy() for m in ("text", "image")]
+    return np.concatenate(parts, axis=1)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+
+
+def run_protocol(
+    ds: Dataset, split: Split, config: TrainConfig, features: Table, *, seed: int, progress: bool = True
+) -> dict[str, Any]:
+    """Train on warm items, tune on cold validation, and rank all cold test items for every user who has a cold
+    test interaction, with Thaw, its single-modality ablations and the baselines."""
+    timing: dict[str, float] = {}
+    t = time.perf_counter()
+    model = train(ds, split, config, progress=progress, features=features)
+    timing["train_s"] = round(time.perf_counter() - t, 2)
+    test_ids = [i for i in split.cold_test if i in set(features.ids)]
+    val_ids = [i for i in split.cold_val if i in set(features.ids)]
+    test, val, warm = features.subset(test_ids), features.subset(val_ids), features.subset(model.item_ids)
+    positives = {u: p for u, p in user_positives(ds.interactions, test_ids).items() if u in set(model.user_ids)}
+    val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in set(model.user_ids)}
+    methods: dict[str, dict[str, float]] = {}
+
+    def score(name: str, rankings: dict[str, list[str]]) -> None:
+        methods[name] = {
+            k: round(v, 4) for k, v in evaluate_rankings(rankings, positives, n_items=len(test_ids), ks=KS).items()
+        }
+
+    t = time.perf_counter()
+    warm_pred = predict(model.net, warm)
+    profiles = history_profiles(ds, model.item_ids, warm_pred)
+    score(
+        "thaw",
+        rank_cold(
+            model.user_ids,
+            model.user_factors,
+            test_ids,
+            predict(model.net, test),
+            positives,
+            alpha=model.alpha,
+            profiles=profiles,
+        ),
+    )
+    for j, modality in enumerate(("text", "image", "audio")):
+        if not test.masks[:, j].any():
+            continue
+        only = torch.zeros_like(test.masks)
+        only[:, j] = test.masks[:, j]
+        score(
+            f"thaw_{modality}",
+            rank_cold(
+                model.user_ids, model.user_factors, test_ids, predict(model.net, test, only), positives, alpha=1.0
+            ),
+        )
+    timing["thaw_s"] = round(time.perf_counter() - t, 2)
+
+    rng = random.Random(seed)
+    score("random", {u: rng.sample(test_ids, len(test_ids)) for u in positives})
+
+    warm_x, test_x = _content_matrix(warm), _content_matrix(test)
+    history: dict[str, list[int]] = {}
+    index = {item: i for i, item in enumerate(model.item_ids)}
+    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
+        if item in index:
+            history.setdefault(user, []).append(index[item])
+    rankings = {}
+    for user in positives:
+        centroid = warm_x[history.get(user, [])].mean(0) if history.get(user) else np.zeros(warm_x.shape[1])
+        rankings[user] = rank_by_scores(test_x @ centroid, test_ids)
+    score("content_knn", rankings)
+
+    text_warm = warm.feats["text"].numpy()
+    uix = {u: i for i, u in enumerate(model.user_ids)}
+
+    def ridge_rank(lam: float, ids: list[str], x: np.ndarray, pos: dict[str, set[str]]) -> dict[str, list[str]]:
+        pred = x @ _ridge(text_warm, model.item_factors, lam)
+        return {u: rank_by_scores(pred @ model.user_factors[uix[u]], ids) for u in pos}
+
+    grid = {
+        lam: evaluate_rankings(
+            ridge_rank(lam, val_ids, val.feats["text"].numpy(), val_pos), val_pos, n_items=len(val_ids), ks=(20,)
+        )["ndcg@20"]
+        for lam in (0.1, 1.0, 10.0, 100.0)
+    }
+    best_lam = max(grid, key=lambda lam: grid[lam])
+    score("ridge", ridge_rank(best_lam, test_ids, test.feats["text"].numpy(), positives))
+    return {
+        "protocol": {
+            "seed": seed,
+            "n_users": len(positives),
+            "n_cold_test_items": len(test_ids),
+            "n_cold_val_items": len(val_ids),
+            "n_warm_items": len(model.item_ids),
+            "alpha": model.alpha,
+            "ridge_lambda": best_lam,
+            "loss": config.loss,
+            "cold_val_ndcg@20": model.metrics.get("cold_val_ndcg@20"),
+        },
+        "methods": methods,
+        "timing_s": timing | model.metrics.get("timings_s", {}),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], metric_names: Callable[[str], bool] = lambda m: True) -> dict[str, Any]:
+    """Mean and standard deviation of every method's metrics over seeds."""
+    out: dict[str, Any] = {}
+    for method in runs[0]["methods"]:
+        out[method] = {
+            m: {
+                "mean": round(float(np.mean([r["methods"][method][m] for r in runs])), 4),
+                "std": round(float(np.std([r["methods"][method][m] for r in runs])), 4),
+            }
+            for m in runs[0]["methods"][method]
+            if metric_names(m)
+        }
+    return out
