@@ -141,7 +141,7 @@ def evaluate(
     seed: Annotated[list[int], typer.Option(help="one or more seeds for the 80/10/10 item split")] = [0],  # noqa: B006
     split_file: Annotated[Path | None, typer.Option(help="split.csv fixing warm/cold_val/cold_test")] = None,
     min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this as positives")] = None,
-    loss: Annotated[str, typer.Option(help="mse | wpe | softmax")] = "softmax",
+    loss: Annotated[str, typer.Option(help="mse | wpe | softmax")] = "wpe",
     epochs: int = 40,
 ) -> None:
     """Item cold-start protocol: Thaw, its ablations and baselines on the same cold test items."""

@@ -1,0 +1,21 @@
+"""Render the mean ± std table of a multi-seed `thaw evaluate` JSON as Markdown (for docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+COLS = ("recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "coverage@20")
+
+
+def main(path: str) -> None:
+    report = json.loads(open(path).read())
+    print("| method | " + " | ".join(COLS) + " |")
+    print("|---" * (len(COLS) + 1) + "|")
+    for method, metrics in report["methods"].items():
+        cells = [f"{metrics[c]['mean']:.4f} ± {metrics[c]['std']:.4f}" for c in COLS]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
