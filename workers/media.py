@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import librosa
 import numpy as np
 import soundfile as sf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 IMAGE_KINDS = ("jpeg", "png", "webp", "gif", "bmp")
 AUDIO_KINDS = ("wav", "flac", "ogg", "mp3")
-MODALITY_FILES = ("image", "audio")
+MODALITIES = ("image", "audio")
 
 
 class MediaError(ValueError):
@@ -24,145 +25,174 @@ class MediaError(ValueError):
 
 
 def sniff_kind(data: bytes) -> str | None:
-    """The media kind from magic bytes, or None."""
-    head = data[:16]
+    """The media kind from magic bytes (one of IMAGE_KINDS or AUDIO_KINDS), or None if unrecognised."""
+    head = data[:12]
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "wav"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "gif"
     if head.startswith(b"BM"):
         return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return "wav"
     if head.startswith(b"fLaC"):
         return "flac"
     if head.startswith(b"OggS"):
         return "ogg"
-    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    if head.startswith(b"ID3"):
+        return "mp3"
+    # MPEG audio frame sync: 11 set bits, a defined version (not 01) and layer (not 00, which is ADTS AAC).
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x18 != 0x08 and head[1] & 0x06:
         return "mp3"
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
-    """A fully decoded RGB image; the pixel count is checked from the header before decoding."""
+def _kind_or_fail(data: bytes, expected: str, kinds: tuple[str, ...]) -> str:
     if not data:
-        raise MediaError("image is empty")
+        raise MediaError(f"expected {expected} ({', '.join(kinds)}), got empty bytes")
     kind = sniff_kind(data)
-    if kind not in IMAGE_KINDS:
-        raise MediaError(f"expected an image ({', '.join(IMAGE_KINDS)}), got {kind or 'unrecognised bytes'}")
+    if kind not in kinds:
+        raise MediaError(f"expected {expected} ({', '.join(kinds)}), got {kind or 'unrecognised bytes'}")
+    return kind
+
+
+def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
+    """A fully decoded RGB image. The pixel count is checked from the header before any pixel is decoded."""
+    kind = _kind_or_fail(data, "an image", IMAGE_KINDS)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise MediaError(f"image has {width}x{height} pixels, more than the limit of {max_pixels}")
-            if width == 0 or height == 0:
-                raise MediaError("image has zero size")
-            img.load()
-            return img.convert("RGB")
-    except MediaError:
-        raise
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+        img = Image.open(io.BytesIO(data), formats=[kind.upper()])  # only the decoder the magic bytes name
+    except Image.DecompressionBombError as exc:
+        raise MediaError(f"{kind} image declares more pixels than the decoder allows: {exc}") from exc
+    except Exception as exc:  # PIL raises several types for unreadable headers
+        raise MediaError(f"{kind} image header is corrupt: {exc}") from exc
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise MediaError(f"expected a non-empty image, got {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise MediaError(f"expected at most {max_pixels} pixels, got {width}x{height} = {width * height} pixels")
+    try:
+        img.load()  # every pixel decoded; truncated data fails here (LOAD_TRUNCATED_IMAGES stays off)
+        return img.convert("RGB")
+    except Exception as exc:
         raise MediaError(f"{kind} image is corrupt or truncated: {exc}") from exc
 
 
 def decode_audio(data: bytes, *, sample_rate: int = 16000, max_seconds: float = 600.0) -> np.ndarray:
     """Mono float32 samples at `sample_rate` from WAV/FLAC/OGG/MP3 of any rate, channel count and length."""
-    if not data:
-        raise MediaError("audio is empty")
-    kind = sniff_kind(data)
-    if kind not in AUDIO_KINDS:
-        raise MediaError(f"expected audio ({', '.join(AUDIO_KINDS)}), got {kind or 'unrecognised bytes'}")
+    if sample_rate <= 0 or max_seconds <= 0:
+        raise ValueError(f"sample_rate and max_seconds must be positive, got {sample_rate} and {max_seconds}")
+    kind = _kind_or_fail(data, "audio", AUDIO_KINDS)
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(io.BytesIO(data))  # header only: refuse long clips before reading samples
         if info.samplerate <= 0:
-            raise MediaError("audio declares no sample rate")
-        if info.frames > 0 and info.frames / info.samplerate > max_seconds:
-            raise MediaError(
-                f"audio lasts {info.frames / info.samplerate:.0f} s, more than the {max_seconds:.0f} s limit"
-            )
-        wave, rate = sf.read(
-            io.BytesIO(data), dtype="float32", always_2d=True, frames=int(max_seconds * info.samplerate) + 1
-        )
+            raise MediaError(f"expected a positive sample rate in the {kind} header, got {info.samplerate}")
+        if info.frames / info.samplerate > max_seconds:
+            raise MediaError(f"expected at most {max_seconds:g} s of audio, got {info.frames / info.samplerate:.1f} s")
+        limit = int(max_seconds * info.samplerate) + 1  # headers can lie: never read more than the limit
+        wave, rate = sf.read(io.BytesIO(data), frames=limit, dtype="float32", always_2d=True)
     except MediaError:
         raise
     except Exception as exc:  # libsndfile raises several types for damaged streams
         raise MediaError(f"{kind} audio is corrupt or truncated: {exc}") from exc
     if wave.shape[0] == 0:
-        raise MediaError(f"{kind} audio has no samples")
-    if wave.shape[0] / rate > max_seconds:
-        raise MediaError(f"audio lasts more than the {max_seconds:.0f} s limit")
+        raise MediaError(f"expected audio samples, got a {kind} stream with none")
+    if wave.shape[0] > max_seconds * rate:
+        raise MediaError(f"expected at most {max_seconds:g} s of audio, got more than its header declared")
     mono = wave.mean(axis=1)
     if not np.isfinite(mono).all():
-        raise MediaError(f"{kind} audio has non-finite samples")
+        raise MediaError(f"expected finite samples, got NaN or infinity in the {kind} stream")
     if rate != sample_rate:
-        import librosa
-
-        mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
+        try:
+            mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)
+        except Exception as exc:
+            raise MediaError(f"cannot resample {kind} audio from {rate} Hz to {sample_rate} Hz: {exc}") from exc
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
 def audio_crops(wave: np.ndarray, *, sample_rate: int, crop_seconds: float, max_crops: int = 8) -> list[np.ndarray]:
-    """Fixed-length crops: a short clip is zero-padded to one; a long one gives up to `max_crops` evenly spaced."""
-    size = int(crop_seconds * sample_rate)
+    """Fixed-length float32 crops: a short clip is zero-padded to one crop; a longer one gives up to `max_crops`
+    evenly spaced (possibly overlapping) crops, the first at the start and the last ending at the clip's end."""
+    size = round(crop_seconds * sample_rate)
+    if wave.ndim != 1 or size <= 0 or max_crops < 1:
+        raise ValueError(
+            f"expected a 1-D wave, a positive crop length and max_crops >= 1, "
+            f"got shape {wave.shape}, {size} samples and max_crops={max_crops}"
+        )
     if len(wave) <= size:
         return [np.pad(wave, (0, size - len(wave))).astype(np.float32)]
-    n = min(max_crops, int(np.ceil(len(wave) / size)))
-    starts = np.linspace(0, len(wave) - size, n).astype(int)
+    n = min(max_crops, -(-len(wave) // size))  # enough crops to cover every sample, if allowed
+    starts = np.linspace(0, len(wave) - size, n).round().astype(int)
     return [wave[s : s + size].astype(np.float32) for s in starts]
 
 
 @dataclass(frozen=True)
 class StoredMedia:
-    modality: str
+    modality: str  # "image" | "audio"
     path: Path
-    sha256: str
-    kind: str | None
+    sha256: str  # of the stored bytes
+    kind: str  # sniffed kind, "unknown" if the magic bytes name none
 
 
 class MediaStore:
-    """Filesystem store of originals, so items can be re-embedded. Paths derive from a hash of the item id and the
-    modality; a client's file name never becomes a path."""
+    """Filesystem media store: originals kept so items can be re-embedded later. Paths derive from the item id
+    (sha256 of it, fanned out in two levels of subdirectories) and the modality; a client file name never
+    becomes a path."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def _dir(self, item_id: str) -> Path:
-        h = hashlib.sha256(item_id.encode()).hexdigest()
+        h = hashlib.sha256(item_id.encode("utf-8")).hexdigest()
         return self.root / h[:2] / h[2:4] / h
 
     def _path(self, item_id: str, modality: str) -> Path:
-        if modality not in MODALITY_FILES:
-            raise ValueError(f"modality must be one of {MODALITY_FILES}, got {modality!r}")
+        if modality not in MODALITIES:
+            raise ValueError(f"expected modality one of {MODALITIES}, got {modality!r}")
         return self._dir(item_id) / modality
 
     def put(self, item_id: str, modality: str, data: bytes) -> StoredMedia:
+        """Store (or replace) an item's original atomically: temp file in the same directory, fsync, rename."""
         path = self._path(item_id, modality)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return StoredMedia(modality, path, hashlib.sha256(data).hexdigest(), sniff_kind(data))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{modality}-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return StoredMedia(modality, path, hashlib.sha256(data).hexdigest(), sniff_kind(data) or "unknown")
 
     def get(self, item_id: str, modality: str) -> bytes | None:
         path = self._path(item_id, modality)
         return path.read_bytes() if path.is_file() else None
 
+    def info(self, item_id: str, modality: str) -> StoredMedia | None:
+        path = self._path(item_id, modality)
+        if not path.is_file():
+            return None
+        with path.open("rb") as fh:
+            kind = sniff_kind(fh.read(12)) or "unknown"
+            fh.seek(0)
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return StoredMedia(modality, path, digest, kind)
+
     def delete(self, item_id: str) -> None:
-        for modality in MODALITY_FILES:
+        """Remove every original of the item; deleting an unknown item is a no-op."""
+        for modality in MODALITIES:
             self._path(item_id, modality).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # absent, or holds a stray temp file
+            self._dir(item_id).rmdir()

@@ -16,6 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from thaw.demo import wait_job
+
+__all__ = ["Worker", "wait_job"]
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -164,13 +168,3 @@ def worker(service_env: dict[str, str]) -> Iterator[Worker]:
 def client(api_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_url, timeout=60) as c:
         yield c
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, object] = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} unfinished after {timeout}s: {job}")
