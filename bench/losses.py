@@ -29,8 +29,11 @@ def main() -> None:
     out = {}
     for loss in args.losses.split(","):
         run = run_protocol(ds, split, TrainConfig(seed=args.seed, loss=loss), features, seed=args.seed, progress=False)
-        out[loss] = {"cold_val_ndcg@20": run["protocol"]["cold_val_ndcg@20"], "alpha": run["protocol"]["alpha"],
-                     "cold_test": run["methods"]}
+        out[loss] = {
+            "cold_val_ndcg@20": run["protocol"]["cold_val_ndcg@20"],
+            "alpha": run["protocol"]["alpha"],
+            "cold_test": run["methods"],
+        }
         print(loss, json.dumps(out[loss]["cold_val_ndcg@20"]), {m: v["ndcg@20"] for m, v in run["methods"].items()})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))

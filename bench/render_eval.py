@@ -9,7 +9,8 @@ COLS = ("recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "cover
 
 
 def main(path: str) -> None:
-    report = json.loads(open(path).read())
+    with open(path) as fh:
+        report = json.load(fh)
     print("| method | " + " | ".join(COLS) + " |")
     print("|---" * (len(COLS) + 1) + "|")
     for method, metrics in report["methods"].items():
