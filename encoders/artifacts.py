@@ -222,10 +222,3 @@ def set_active(models_dir: Path, version: str) -> None:
     tmp = models_dir / ".ACTIVE.tmp"
     tmp.write_text(version)
     os.replace(tmp, models_dir / "ACTIVE")
-
-
-def load_active(models_dir: Path) -> ThawModel:
-    version = active_version(models_dir)
-    if version is None:
-        raise FileNotFoundError(f"no active model under {models_dir}: run `thaw train` first")
-    return ThawModel.load(models_dir / version)

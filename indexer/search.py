@@ -109,8 +109,3 @@ def get_user(index: Index, user_id: str) -> tuple[np.ndarray, dict[str, Any]] | 
     if not recs:
         return None
     return _vectors(recs[0].vector)[CF], recs[0].payload or {}
-
-
-def count_items(index: Index) -> int:
-    with index.session() as client:
-        return int(client.count(ITEMS, exact=True).count)

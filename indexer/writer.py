@@ -66,8 +66,3 @@ def upsert_users(
     with index.session() as client:
         for start in range(0, len(structs), 512):
             client.upsert(collection, points=structs[start : start + 512], wait=True)
-
-
-def delete_item(index: Index, collection: str, item_id: str) -> None:
-    with index.session() as client:
-        client.delete(collection, points_selector=qm.PointIdsList(points=[point_id(item_id)]), wait=True)

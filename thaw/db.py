@@ -6,10 +6,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, Text, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed")
 
 
 def utcnow() -> datetime:
@@ -73,13 +71,6 @@ def make_engine(url: str) -> Engine:
 
     Base.metadata.create_all(engine)
     return engine
-
-
-def interaction_counts(session: Session, item_ids: list[str]) -> dict[str, int]:
-    rows = session.execute(
-        select(Interaction.item_id, func.count()).where(Interaction.item_id.in_(item_ids)).group_by(Interaction.item_id)
-    )
-    return {item: int(n) for item, n in rows}
 
 
 def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:

@@ -13,7 +13,6 @@ MODALITIES: tuple[Modality, ...] = get_args(Modality)
 CF = "cf"  # learned (or folded-in) collaborative-filtering factors; items with interactions only
 CONTENT = "content"  # factors predicted from content by the fused encoders
 VectorName = Literal["content", "cf", "text", "image", "audio"]
-VECTOR_NAMES: tuple[VectorName, ...] = get_args(VectorName)
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 _ITEM_ID_RE = re.compile(ITEM_ID_PATTERN)

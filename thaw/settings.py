@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     task_max_retries: int = 5
     broker_visibility_timeout: int = 3600
-    keep_versions: int = 3
     environment: str = "development"
 
     @field_validator("api_keys", mode="before")
