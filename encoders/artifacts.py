@@ -24,8 +24,18 @@ from encoders import vision as vision_encoder
 from encoders.audio import SAMPLE_RATE, log_mel_crops
 from encoders.fusion import MODALITY_ORDER, ThawNet
 
-__all__ = ["SAMPLE_RATE", "EncodedItem", "ItemInput", "ThawModel"]
-FORMAT = 1
+__all__ = [
+    "SAMPLE_RATE",
+    "EncodedItem",
+    "ItemInput",
+    "ThawModel",
+    "active_version",
+    "list_versions",
+    "load_active",
+    "save_version",
+    "set_active",
+]
+FORMAT = 2  # 2: heads are linear (ridge-initialised) + residual MLP
 
 
 @dataclass
@@ -222,3 +232,13 @@ def set_active(models_dir: Path, version: str) -> None:
     tmp = models_dir / ".ACTIVE.tmp"
     tmp.write_text(version)
     os.replace(tmp, models_dir / "ACTIVE")
+
+
+def load_active(models_dir: Path) -> ThawModel:
+    """The model version named by models_dir/ACTIVE."""
+    version = active_version(models_dir)
+    if version is None or not (models_dir / version / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no active model under {models_dir} (ACTIVE names {version!r}); run `thaw train` first"
+        )
+    return ThawModel.load(models_dir / version)

@@ -12,8 +12,26 @@ from encoders.vision import IMAGE_DIM
 MODALITY_ORDER = ("text", "image", "audio")
 
 
-def head(n_in: int, dim: int, hidden: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+class Head(nn.Module):
+    """A linear map onto the CF space (training starts it at the closed-form ridge solution) plus a nonlinear
+    residual MLP whose output starts at zero, so training can only move away from ridge where cold
+    validation says it pays."""
+
+    def __init__(self, n_in: int, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, dim)
+        last = nn.Linear(hidden, dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), last)
+
+    @torch.no_grad()
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.mlp(x)
 
 
 class ThawNet(nn.Module):
@@ -26,9 +44,9 @@ class ThawNet(nn.Module):
         self.audio = AudioCNN(dim=audio_dim)
         self.heads = nn.ModuleDict(
             {
-                "text": head(TEXT_DIM, dim, hidden, dropout),
-                "image": head(IMAGE_DIM, dim, hidden, dropout),
-                "audio": head(audio_dim, dim, hidden, dropout),
+                "text": Head(TEXT_DIM, dim, hidden, dropout),
+                "image": Head(IMAGE_DIM, dim, hidden, dropout),
+                "audio": Head(audio_dim, dim, hidden, dropout),
             }
         )
         self.weights = nn.Parameter(torch.zeros(len(MODALITY_ORDER)))

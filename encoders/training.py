@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from api.blend import profile, score_items
 from encoders.artifacts import ItemInput, ThawModel, features
-from encoders.fusion import ThawNet
-from thaw.datasets import Dataset, Split
+from encoders.fusion import MODALITY_ORDER, Head, ThawNet
+from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
 from thaw.factors import fit_als
 from workers.media import MediaError, decode_audio, decode_image
@@ -42,6 +42,7 @@ class TrainConfig:
     hidden: int = 256
     eval_every: int = 5
     cf_shrinkage: float = 10.0
+    ridge_init: bool = True
     seed: int = 0
 
 
@@ -164,6 +165,39 @@ def tune_fusion(net: ThawNet, val_ndcg: Callable[[ThawNet], float], present: lis
     return best
 
 
+RIDGE_LAMBDAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def ridge_map(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form ridge regression with an unpenalised bias: returns W (d_out, d_in) and b (d_out,) minimising
+    |x W^T + b - y|^2 + lam |W|^2."""
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = (x - xm).double(), (y - ym).double()
+    w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=torch.float64), xc.T @ yc).T.float()
+    return w, ym - w @ xm
+
+
+def init_ridge(
+    net: ThawNet, warm: Table, targets: torch.Tensor, val_ndcg: Callable[[ThawNet, int], float]
+) -> dict[str, float]:
+    """Start each frozen-feature head (text, image) at the ridge map from its features onto the warm items' factors,
+    lambda chosen per modality on cold validation; the residual MLPs start at zero. Returns the chosen lambdas."""
+    chosen: dict[str, float] = {}
+    for j, modality in enumerate(MODALITY_ORDER):
+        have = warm.masks[:, j]
+        if modality not in warm.feats or int(have.sum()) < 2:
+            continue
+        head = net.heads[modality]
+        assert isinstance(head, Head)
+        scores = {}
+        for lam in RIDGE_LAMBDAS:
+            head.set_linear(*ridge_map(warm.feats[modality][have], targets[have], lam))
+            scores[lam] = val_ndcg(net, j)
+        chosen[modality] = max(scores, key=lambda lam: scores[lam])
+        head.set_linear(*ridge_map(warm.feats[modality][have], targets[have], chosen[modality]))
+    return chosen
+
+
 def _loss(
     kind: str, pred: torch.Tensor, target: torch.Tensor, users: torch.Tensor, prefs: torch.Tensor, alpha: float
 ) -> torch.Tensor:
@@ -174,6 +208,14 @@ def _loss(
         return ((1 + alpha * prefs) * (prefs - scores) ** 2).mean()
     dist = prefs / prefs.sum(-1, keepdim=True).clamp_min(1e-8)  # softmax over users against their factors
     return -(dist * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
+
+
+def training_events(ds: Dataset, split: Split) -> Interactions:
+    """The only interactions training reads: those of warm items (never cold validation or cold test items)."""
+    leaked = set(split.warm) & (set(split.cold_val) | set(split.cold_test))
+    if leaked:
+        raise ValueError(f"split puts {sorted(leaked)[:5]} in both warm and cold")
+    return ds.interactions.for_items(split.warm)
 
 
 def train(
@@ -188,7 +230,7 @@ def train(
     rng = np.random.default_rng(config.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    warm_events = ds.interactions.for_items(split.warm)
+    warm_events = training_events(ds, split)
     factors = fit_als(
         warm_events,
         factors=config.factors,
@@ -223,9 +265,27 @@ def train(
         )
         return evaluate_rankings(ranks, val_pos, n_items=len(val_ids), ks=(20,))["ndcg@20"] if val_pos else 0.0
 
+    def val_ndcg_alone(net: ThawNet, j: int) -> float:
+        """Cold-validation NDCG@20 of one modality's head on the validation items that have it."""
+        have = val.masks[:, j]
+        ids = [i for i, h in zip(val.ids, have.tolist(), strict=True) if h]
+        pos = {u: p & set(ids) for u, p in val_pos.items() if p & set(ids)}
+        only = torch.zeros_like(val.masks)
+        only[:, j] = have
+        pred = predict(net, val, only)[have.numpy()]
+        ranks = rank_cold(factors.user_ids, factors.users, ids, pred, pos)
+        return evaluate_rankings(ranks, pos, n_items=len(ids), ks=(20,))["ndcg@20"] if pos else 0.0
+
     net = ThawNet(dim=config.factors, hidden=config.hidden)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    best, best_state, history = -1.0, copy.deepcopy(net.state_dict()), []
+    t = time.perf_counter()
+    ridge_lambdas = init_ridge(net, warm, targets, val_ndcg_alone) if config.ridge_init else {}
+    timings["ridge_s"] = time.perf_counter() - t
+    for modality in ridge_lambdas:  # the ridge maps stay fixed; the residual MLPs learn what they miss
+        net.heads[modality].linear.requires_grad_(False)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    best = val_ndcg(net)
+    best_state, history = copy.deepcopy(net.state_dict()), [{"epoch": 0, "cold_val_ndcg@20": round(best, 4)}]
     t = time.perf_counter()
     for epoch in tqdm(range(1, config.epochs + 1), desc="train encoders", disable=not progress):
         net.train()
@@ -264,13 +324,14 @@ def train(
         alpha=alpha,
         als_reg=config.als_reg,
         cf_shrinkage=config.cf_shrinkage,
-        train_items=len(factors.item_ids),
+        train_items=list(warm.ids),  # the heads' training set: warm items only (checked by the leakage test)
         train_users=len(factors.user_ids),
     )
     metrics = {
         "cold_val_ndcg@20": round(max(best, fusion), 4),
         "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
         "history": history,
+        "ridge_lambdas": ridge_lambdas,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "n_val_users": len(val_pos),
     }

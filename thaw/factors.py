@@ -13,10 +13,28 @@ from thaw.datasets import Interactions
 
 @dataclass
 class Factors:
+    """ALS output: `users[k]` is the factor row of `user_ids[k]`, `items[k]` that of `item_ids[k]` (both sorted)."""
+
     user_ids: list[str]
     item_ids: list[str]
-    users: np.ndarray
-    items: np.ndarray
+    users: np.ndarray  # (n_users, d) float32
+    items: np.ndarray  # (n_items, d) float32
+
+
+def confidence_matrix(
+    interactions: Interactions, user_ids: list[str], item_ids: list[str], alpha: float
+) -> sp.csr_matrix:
+    """(users, items) CSR of confidences 1 + alpha * sum of event weights; repeated events add up."""
+    uix = {u: i for i, u in enumerate(user_ids)}
+    iix = {it: i for i, it in enumerate(item_ids)}
+    rows = np.fromiter((uix[u] for u in interactions.user_ids), np.int32, len(interactions))
+    cols = np.fromiter((iix[i] for i in interactions.item_ids), np.int32, len(interactions))
+    weights = sp.csr_matrix(
+        (interactions.weights.astype(np.float32), (rows, cols)), shape=(len(user_ids), len(item_ids))
+    )
+    weights.sum_duplicates()
+    weights.data = (1.0 + alpha * weights.data).astype(np.float32)
+    return weights
 
 
 def fit_als(
@@ -28,23 +46,25 @@ def fit_als(
     alpha: float = 10.0,
     seed: int = 0,
 ) -> Factors:
-    """Weighted matrix factorisation with confidence 1 + alpha * weight (Hu, Koren, Volinsky 2008)."""
+    """Weighted matrix factorisation (Hu, Koren, Volinsky 2008): preference 1 for every observed (user, item)
+    with confidence 1 + alpha * weight, preference 0 with confidence 1 elsewhere.
+
+    >>> f = fit_als(warm_interactions, factors=32)   # doctest: +SKIP
+    >>> scores = f.users @ f.items.T
+    """
     from implicit.cpu.als import AlternatingLeastSquares
 
     if len(interactions) == 0:
         raise ValueError("ALS needs at least one interaction; the warm split is empty")
+    if np.any(interactions.weights < 0):
+        raise ValueError("interaction weights must be >= 0 (they scale the confidence 1 + alpha * weight)")
     user_ids = sorted(set(interactions.user_ids.tolist()))
     item_ids = sorted(set(interactions.item_ids.tolist()))
-    uix = {u: i for i, u in enumerate(user_ids)}
-    iix = {it: i for i, it in enumerate(item_ids)}
-    rows = np.fromiter((uix[u] for u in interactions.user_ids), np.int32, len(interactions))
-    cols = np.fromiter((iix[i] for i in interactions.item_ids), np.int32, len(interactions))
-    matrix = sp.csr_matrix(
-        (alpha * interactions.weights.astype(np.float32), (rows, cols)), shape=(len(user_ids), len(item_ids))
-    )
+    matrix = confidence_matrix(interactions, user_ids, item_ids, alpha)
     model = AlternatingLeastSquares(
         factors=factors,
         regularization=regularization,
+        alpha=1.0,  # the matrix already holds the confidences; implicit reads its values as C directly
         iterations=iterations,
         random_state=seed,
         calculate_training_loss=False,
@@ -56,10 +76,24 @@ def fit_als(
     )
 
 
-def fold_in(fixed: np.ndarray, confidences: np.ndarray, reg: float) -> np.ndarray:
-    """The ALS least-squares update for one new row: the factors x minimising
-    sum_j c_j (1 - x.y_j)^2 + reg |x|^2 over the rows y_j of `fixed` it interacted with."""
+def fold_in(fixed: np.ndarray, confidences: np.ndarray, reg: float, *, gram: np.ndarray | None = None) -> np.ndarray:
+    """The ALS least-squares update for one new row (a user from their events, or an item from its audience).
+
+    `fixed` (n, d) holds the other side's factors of the n rows it interacted with and `confidences` (n,) their
+    confidences c_j = 1 + alpha * w_j. Solves min_x sum_j c_j (1 - x.y_j)^2 + reg |x|^2. With `gram` = Y^T Y over
+    *all* rows of the other side, the unobserved entries count too (preference 0, confidence 1), which is exactly
+    implicit's update: x = (Y^T Y + sum_j (c_j - 1) y_j y_j^T + reg I)^-1 sum_j c_j y_j.
+    """
     y = np.asarray(fixed, np.float64)
     c = np.asarray(confidences, np.float64)
-    a = (y.T * c) @ y + reg * np.eye(y.shape[1])
+    if y.ndim != 2 or c.shape != (y.shape[0],):
+        raise ValueError(f"fold_in expects fixed (n, d) and confidences (n,); got {y.shape} and {c.shape}")
+    d = y.shape[1]
+    if gram is None:
+        a = (y.T * c) @ y
+    else:
+        if gram.shape != (d, d):
+            raise ValueError(f"gram must be ({d}, {d}) = Y^T Y of the other side; got {gram.shape}")
+        a = np.asarray(gram, np.float64) + (y.T * (c - 1.0)) @ y
+    a += reg * np.eye(d)
     return np.linalg.solve(a, (y.T * c).sum(axis=1)).astype(np.float32)

@@ -1,0 +1,86 @@
+"""CF factors: planted answers for ALS (checkerboard) and fold-in (exact row recovery, implicit's own update)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thaw.datasets import Interactions
+from thaw.factors import confidence_matrix, fit_als, fold_in
+
+
+def _events(pairs: list[tuple[str, str]], weights: list[float] | None = None) -> Interactions:
+    users, items = zip(*pairs, strict=True)
+    w = np.ones(len(pairs), np.float32) if weights is None else np.asarray(weights, np.float32)
+    return Interactions(np.array(users, object), np.array(items, object), w)
+
+
+def test_fold_in_recovers_a_planted_row_exactly() -> None:
+    """Rows scaled so that y_j . x = 1 for a planted x: the noise-free least-squares update returns x."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=6)
+    y = rng.normal(size=(20, 6))
+    y = y / (y @ x)[:, None]
+    np.testing.assert_allclose(fold_in(y, rng.uniform(1, 5, 20), 0.0), x, rtol=1e-5)
+
+
+def test_fold_in_with_gram_is_implicits_own_update() -> None:
+    """With Y^T Y of all items, fold-in equals implicit's recalculate_user for a user absent from training."""
+    rng = np.random.default_rng(1)
+    pairs = [(f"u{u}", f"i{i}") for u in range(30) for i in range(25) if rng.random() < 0.3]
+    alpha = 5.0
+    f = fit_als(_events(pairs), factors=4, regularization=0.1, iterations=5, alpha=alpha)
+    liked = [3, 7, 11]
+    confidences = 1.0 + alpha * np.array([1.0, 2.0, 1.0])
+
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=4, regularization=0.1, alpha=1.0)
+    model.item_factors = f.items
+    row = np.zeros((1, len(f.item_ids)), np.float32)
+    row[0, liked] = confidences
+    import scipy.sparse as sp
+
+    expected = model.recalculate_user(0, sp.csr_matrix(row))
+    got = fold_in(f.items[liked], confidences, 0.1, gram=f.items.T.astype(np.float64) @ f.items)
+    np.testing.assert_allclose(got, np.ravel(expected), rtol=1e-3, atol=1e-4)
+
+
+def test_fold_in_refuses_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="confidences"):
+        fold_in(np.zeros((3, 2)), np.ones(4), 0.1)
+    with pytest.raises(ValueError, match="gram"):
+        fold_in(np.ones((3, 2)), np.ones(3), 0.1, gram=np.eye(3))
+
+
+def test_als_ranks_each_users_held_out_block_item_first() -> None:
+    """Checkerboard: users 0-9 like items 0-9, users 10-19 like items 10-19; each user's own diagonal item is held
+    out. Among the items a user has not seen, the held-out one of their block must come first."""
+    pairs, held = [], {}
+    for u in range(20):
+        block = range(0, 10) if u < 10 else range(10, 20)
+        held[f"u{u}"] = f"i{block[u % 10]}"
+        pairs += [(f"u{u}", f"i{i}") for i in block if f"i{i}" != held[f"u{u}"]]
+    f = fit_als(_events(pairs), factors=4, regularization=1.0, iterations=30, seed=0)
+    assert len(f.item_ids) == 20 and f.users.dtype == np.float32 and f.items.shape == (20, 4)
+    seen = {(u, i) for u, i in pairs}
+    for k, user in enumerate(f.user_ids):
+        scores = f.items @ f.users[k]
+        unseen = [j for j, item in enumerate(f.item_ids) if (user, item) not in seen]
+        assert f.item_ids[max(unseen, key=lambda j: scores[j])] == held[user]
+
+
+def test_confidence_is_one_plus_alpha_times_summed_weight() -> None:
+    events = _events([("a", "x"), ("a", "x"), ("b", "y")], [1.0, 2.0, 0.5])
+    m = confidence_matrix(events, ["a", "b"], ["x", "y"], alpha=4.0).toarray()
+    np.testing.assert_allclose(m, [[13.0, 0.0], [0.0, 3.0]])
+
+
+def test_als_is_seeded_and_refuses_empty_input() -> None:
+    pairs = [(f"u{u}", f"i{(u * 3 + k) % 9}") for u in range(12) for k in range(3)]
+    a = fit_als(_events(pairs), factors=3, iterations=3, seed=7)
+    b = fit_als(_events(pairs), factors=3, iterations=3, seed=7)
+    np.testing.assert_array_equal(a.users, b.users)
+    empty = Interactions(np.array([], object), np.array([], object), np.array([], np.float32))
+    with pytest.raises(ValueError, match="warm split is empty"):
+        fit_als(empty)
