@@ -23,6 +23,7 @@ from encoders import text as text_encoder
 from encoders import vision as vision_encoder
 from encoders.audio import SAMPLE_RATE, log_mel_crops
 from encoders.fusion import MODALITY_ORDER, ThawNet
+from encoders.tags import TagVocab
 
 __all__ = [
     "SAMPLE_RATE",
@@ -35,7 +36,7 @@ __all__ = [
     "save_version",
     "set_active",
 ]
-FORMAT = 2  # 2: heads are linear (ridge-initialised) + residual MLP
+FORMAT = 3  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ItemInput:
     text: str | None = None
     image: Image.Image | None = None
     audio: np.ndarray | None = None  # mono float32 at SAMPLE_RATE
+    tags: frozenset[str] = frozenset()  # thaw.schema.item_tags of the metadata, read with the text
 
 
 @dataclass
@@ -110,9 +112,14 @@ class ThawModel:
         item_ids: list[str],
         item_factors: np.ndarray,
         config: dict[str, Any],
+        vocab: TagVocab,
         metrics: dict[str, Any] | None = None,
     ) -> None:
+        tag_dim = int(net.config.get("tag_dim", 0))
+        if len(vocab) != tag_dim:
+            raise ValueError(f"the text head reads {tag_dim} tags but the vocabulary has {len(vocab)}")
         self.net = net.eval()
+        self.vocab = vocab
         self.version = version
         self.user_ids, self.user_factors = user_ids, user_factors
         self.item_ids, self.item_factors = item_ids, item_factors
@@ -140,6 +147,7 @@ class ThawModel:
         if not items:
             return []
         feats, mel, owner, masks = features(items)
+        feats["tags"] = torch.from_numpy(self.vocab.transform([it.tags for it in items]))
         empty = [items[i].item_id for i in range(len(items)) if not masks[i].any()]
         if empty:
             raise ValueError(f"items {empty[:5]} have no text, image or audio to encode")
@@ -174,6 +182,7 @@ class ThawModel:
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, directory / "weights.safetensors")
         save_np({"users": self.user_factors, "items": self.item_factors}, directory / "factors.safetensors")
         (directory / "ids.json").write_text(json.dumps({"users": self.user_ids, "items": self.item_ids}))
+        (directory / "tags.json").write_text(json.dumps(self.vocab.to_json()))
         (directory / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
         (directory / "versions.json").write_text(json.dumps(library_versions(), indent=2))
 
@@ -195,6 +204,7 @@ class ThawModel:
             item_ids=ids["items"],
             item_factors=factors["items"],
             config=config,
+            vocab=TagVocab.from_json(json.loads((directory / "tags.json").read_text())),
             metrics=metrics,
         )
 

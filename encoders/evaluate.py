@@ -9,8 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import scipy.fft
 import torch
 
+from encoders.fusion import MODALITY_ORDER
 from encoders.training import (
     Table,
     TrainConfig,
@@ -43,6 +45,21 @@ def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
 
 
+N_MFCC = 20
+
+
+def mfcc_stats(table: Table) -> np.ndarray:
+    """Hand-crafted audio features: 20 cepstral coefficients (DCT-II of each frame's log-mel spectrum, i.e. MFCCs
+    of the encoder's own log-mel input), their mean and standard deviation over time, averaged over an item's
+    crops; zeros for items without audio."""
+    out = np.zeros((len(table.ids), 2 * N_MFCC), np.float32)
+    for row, mels in enumerate(table.mels):
+        if len(mels):
+            ceps = scipy.fft.dct(mels.numpy(), type=2, axis=1, norm="ortho")[:, :N_MFCC]  # (crops, n_mfcc, frames)
+            out[row] = np.concatenate([ceps.mean(2), ceps.std(2)], axis=1).mean(0)
+    return out
+
+
 def run_protocol(
     ds: Dataset, split: Split, config: TrainConfig, features: Table, *, seed: int, progress: bool = True
 ) -> dict[str, Any]:
@@ -54,7 +71,8 @@ def run_protocol(
     timing["train_s"] = round(time.perf_counter() - t, 2)
     test_ids = [i for i in split.cold_test if i in set(features.ids)]
     val_ids = [i for i in split.cold_val if i in set(features.ids)]
-    test, val, warm = features.subset(test_ids), features.subset(val_ids), features.subset(model.item_ids)
+    warm_ids = [i for i in model.item_ids if i in set(features.ids)]
+    test, val, warm = (features.subset(ids).with_vocab(model.vocab) for ids in (test_ids, val_ids, warm_ids))
     positives = {u: p for u, p in user_positives(ds.interactions, test_ids).items() if u in set(model.user_ids)}
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in set(model.user_ids)}
     methods: dict[str, dict[str, float]] = {}
@@ -66,7 +84,7 @@ def run_protocol(
 
     t = time.perf_counter()
     warm_pred = predict(model.net, warm)
-    profiles = history_profiles(ds, model.item_ids, warm_pred)
+    profiles = history_profiles(ds, warm_ids, warm_pred)
     score(
         "thaw",
         rank_cold(
@@ -97,7 +115,7 @@ def run_protocol(
 
     warm_x, test_x = _content_matrix(warm), _content_matrix(test)
     history: dict[str, list[int]] = {}
-    index = {item: i for i, item in enumerate(model.item_ids)}
+    index = {item: i for i, item in enumerate(warm_ids)}
     for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
         if item in index:
             history.setdefault(user, []).append(index[item])
@@ -107,21 +125,34 @@ def run_protocol(
         rankings[user] = rank_by_scores(test_x @ centroid, test_ids)
     score("content_knn", rankings)
 
-    text_warm = warm.feats["text"].numpy()
     uix = {u: i for i, u in enumerate(model.user_ids)}
+    factor_row = {item: i for i, item in enumerate(model.item_ids)}
+    warm_factors = model.item_factors[[factor_row[i] for i in warm_ids]]
 
-    def ridge_rank(lam: float, ids: list[str], x: np.ndarray, pos: dict[str, set[str]]) -> dict[str, list[str]]:
-        pred = x @ _ridge(text_warm, model.item_factors, lam)
-        return {u: rank_by_scores(pred @ model.user_factors[uix[u]], ids) for u in pos}
+    def ridge_baseline(name: str, x: Callable[[Table], np.ndarray]) -> float:
+        """ALS + a closed-form ridge map from features `x` onto the warm items' factors, lambda tuned on cold
+        validation; scores the cold test items and returns the lambda chosen."""
+        x_warm = x(warm)
 
-    grid = {
-        lam: evaluate_rankings(
-            ridge_rank(lam, val_ids, val.feats["text"].numpy(), val_pos), val_pos, n_items=len(val_ids), ks=(20,)
-        )["ndcg@20"]
-        for lam in (0.1, 1.0, 10.0, 100.0)
-    }
-    best_lam = max(grid, key=lambda lam: grid[lam])
-    score("ridge", ridge_rank(best_lam, test_ids, test.feats["text"].numpy(), positives))
+        def rank(lam: float, table: Table, pos: dict[str, set[str]]) -> dict[str, list[str]]:
+            pred = x(table) @ _ridge(x_warm, warm_factors, lam)
+            return {u: rank_by_scores(pred @ model.user_factors[uix[u]], table.ids) for u in pos}
+
+        grid = {
+            lam: evaluate_rankings(rank(lam, val, val_pos), val_pos, n_items=len(val_ids), ks=(20,))["ndcg@20"]
+            for lam in (0.1, 1.0, 10.0, 100.0)
+        }
+        best = max(grid, key=lambda lam: grid[lam])
+        score(name, rank(best, test, positives))
+        return best
+
+    best_lam = ridge_baseline("ridge", lambda table: table.feats["text"].numpy())
+    if test.masks[:, MODALITY_ORDER.index("audio")].any():
+        mfcc_warm = mfcc_stats(warm)
+        mu, sd = mfcc_warm.mean(0), mfcc_warm.std(0) + 1e-6
+        ridge_baseline(
+            "mfcc_ridge", lambda table: np.hstack([(mfcc_stats(table) - mu) / sd, np.ones((len(table.ids), 1))])
+        )
     return {
         "protocol": {
             "seed": seed,

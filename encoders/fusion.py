@@ -12,6 +12,11 @@ from encoders.vision import IMAGE_DIM
 MODALITY_ORDER = ("text", "image", "audio")
 
 
+def head_input(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the text head reads: the text embedding and, where the model has a tag vocabulary, the item's tags."""
+    return torch.cat([feats["text"], feats["tags"]], dim=1) if "tags" in feats else feats["text"]
+
+
 class Head(nn.Module):
     """A linear map onto the CF space (training starts it at the closed-form ridge solution) plus a nonlinear
     residual MLP whose output starts at zero, so training can only move away from ridge where cold
@@ -38,13 +43,15 @@ class ThawNet(nn.Module):
     """Text and image heads over frozen backbone features, the audio CNN and its head, and a fusion that takes a
     learned weighted mean over whichever modalities an item has (trained with modality dropout)."""
 
-    def __init__(self, *, dim: int, hidden: int = 256, dropout: float = 0.1, audio_dim: int = 128) -> None:
+    def __init__(
+        self, *, dim: int, hidden: int = 256, dropout: float = 0.1, audio_dim: int = 128, tag_dim: int = 0
+    ) -> None:
         super().__init__()
-        self.config = {"dim": dim, "hidden": hidden, "dropout": dropout, "audio_dim": audio_dim}
+        self.config = {"dim": dim, "hidden": hidden, "dropout": dropout, "audio_dim": audio_dim, "tag_dim": tag_dim}
         self.audio = AudioCNN(dim=audio_dim)
         self.heads = nn.ModuleDict(
             {
-                "text": Head(TEXT_DIM, dim, hidden, dropout),
+                "text": Head(TEXT_DIM + tag_dim, dim, hidden, dropout),
                 "image": Head(IMAGE_DIM, dim, hidden, dropout),
                 "audio": Head(audio_dim, dim, hidden, dropout),
             }
@@ -59,9 +66,11 @@ class ThawNet(nn.Module):
         return total / count[:, None]
 
     def forward(self, feats: dict[str, torch.Tensor], masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats: modality -> (B, n_in); masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and the
-        per-modality predictions (B, 3, dim)."""
-        preds = torch.stack([self.heads[m](feats[m]) for m in MODALITY_ORDER], dim=1)
+        """feats: modality -> (B, n_in) plus "tags" (B, tag_dim), which the text head reads beside the text
+        embedding; masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and the per-modality predictions
+        (B, 3, dim)."""
+        inputs = dict(feats, text=head_input(feats))
+        preds = torch.stack([self.heads[m](inputs[m]) for m in MODALITY_ORDER], dim=1)
         w = torch.exp(self.weights)[None, :] * masks.float()
         fused = (w[:, :, None] * preds).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)
         return fused, preds

@@ -17,14 +17,17 @@ from tqdm import tqdm
 
 from api.blend import profile, score_items
 from encoders.artifacts import ItemInput, ThawModel, features
-from encoders.fusion import MODALITY_ORDER, Head, ThawNet
+from encoders.fusion import MODALITY_ORDER, Head, ThawNet, head_input
+from encoders.tags import TagVocab
 from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
 from thaw.factors import fit_als
+from thaw.schema import item_tags
 from workers.media import MediaError, decode_audio, decode_image
 
 log = logging.getLogger(__name__)
 LOSSES = ("mse", "wpe", "softmax")
+AUDIO = MODALITY_ORDER.index("audio")
 
 
 @dataclass
@@ -43,6 +46,7 @@ class TrainConfig:
     eval_every: int = 5
     cf_shrinkage: float = 10.0
     ridge_init: bool = True
+    tag_min_count: int = 2  # a tag must appear on this many warm items to enter the vocabulary
     seed: int = 0
 
 
@@ -62,25 +66,35 @@ def item_inputs(ds: Dataset, item_ids: list[str]) -> list[ItemInput]:
             audio = decode_audio(item.audio.read_bytes(), sample_rate=SAMPLE_RATE) if item.audio else None
         except MediaError as exc:
             log.warning("item %s: audio skipped: %s", item_id, exc)
-        out.append(ItemInput(item_id, text=item.text or None, image=image, audio=audio))
+        out.append(ItemInput(item_id, text=item.text or None, image=image, audio=audio, tags=item_tags(item.fields)))
     return out
 
 
 @dataclass
 class Table:
-    """Cached content features of a set of items (frozen backbones run once)."""
+    """Cached content features of a set of items (frozen backbones run once); `feats["tags"]` appears once a
+    model's tag vocabulary is applied (`with_vocab`)."""
 
     ids: list[str]
     feats: dict[str, torch.Tensor]
     masks: torch.Tensor
     mels: list[torch.Tensor]
+    tags: list[frozenset[str]]
 
     def subset(self, ids: list[str]) -> Table:
         pos = {item: i for i, item in enumerate(self.ids)}
         idx = [pos[i] for i in ids]
         return Table(
-            list(ids), {k: v[idx] for k, v in self.feats.items()}, self.masks[idx], [self.mels[i] for i in idx]
+            list(ids),
+            {k: v[idx] for k, v in self.feats.items()},
+            self.masks[idx],
+            [self.mels[i] for i in idx],
+            [self.tags[i] for i in idx],
         )
+
+    def with_vocab(self, vocab: TagVocab) -> Table:
+        tags = torch.from_numpy(vocab.transform(self.tags))
+        return Table(self.ids, dict(self.feats, tags=tags), self.masks, self.mels, self.tags)
 
     def batch(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         mels = [self.mels[i] for i in idx]
@@ -101,18 +115,30 @@ def content_table(inputs: list[ItemInput], batch_size: int = 64, progress: bool 
         {k: torch.cat([p[0][k] for p in parts]) for k in ("text", "image")},
         torch.cat([p[1] for p in parts]),
         [m for p in parts for m in p[2]],
+        [it.tags for it in inputs],
     )
 
 
-def predict(net: ThawNet, table: Table, masks: torch.Tensor | None = None) -> np.ndarray:
+def _chunks(n: int, size: int = 256) -> list[list[int]]:
+    return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
+
+
+@torch.no_grad()
+def audio_embeddings(net: ThawNet, table: Table) -> torch.Tensor:
+    """(n, audio_dim) CNN embeddings of the table's items (zeros where an item has no audio)."""
     net.eval()
+    parts = [net.audio_embedding(*table.batch(idx)[1:3], len(idx)) for idx in _chunks(len(table.ids))]
+    return torch.cat(parts) if parts else torch.zeros(0, int(net.config["audio_dim"]))
+
+
+@torch.no_grad()
+def predict(net: ThawNet, table: Table, masks: torch.Tensor | None = None) -> np.ndarray:
+    audio = audio_embeddings(net, table)
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(table.ids), 256):
-            idx = list(range(start, min(start + 256, len(table.ids))))
-            feats, mel, owner, m = table.batch(idx)
-            feats["audio"] = net.audio_embedding(mel, owner, len(idx))
-            out.append(net(feats, m if masks is None else masks[idx])[0].numpy())
+    for idx in _chunks(len(table.ids)):
+        feats, _, _, m = table.batch(idx)
+        feats["audio"] = audio[idx]
+        out.append(net(feats, m if masks is None else masks[idx])[0].numpy())
     return np.concatenate(out) if out else np.zeros((0, int(net.config["dim"])), np.float32)
 
 
@@ -173,7 +199,11 @@ def ridge_map(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tenso
     |x W^T + b - y|^2 + lam |W|^2."""
     xm, ym = x.mean(0), y.mean(0)
     xc, yc = (x - xm).double(), (y - ym).double()
-    w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=torch.float64), xc.T @ yc).T.float()
+    n, d = xc.shape
+    if d > n:  # the dual form solves an n x n system: X^T (X X^T + lam I)^-1 Y equals (X^T X + lam I)^-1 X^T Y
+        w = (xc.T @ torch.linalg.solve(xc @ xc.T + lam * torch.eye(n, dtype=torch.float64), yc)).T.float()
+    else:
+        w = torch.linalg.solve(xc.T @ xc + lam * torch.eye(d, dtype=torch.float64), xc.T @ yc).T.float()
     return w, ym - w @ xm
 
 
@@ -183,6 +213,7 @@ def init_ridge(
     """Start each frozen-feature head (text, image) at the ridge map from its features onto the warm items' factors,
     lambda chosen per modality on cold validation; the residual MLPs start at zero. Returns the chosen lambdas."""
     chosen: dict[str, float] = {}
+    inputs = dict(warm.feats, text=head_input(warm.feats))
     for j, modality in enumerate(MODALITY_ORDER):
         have = warm.masks[:, j]
         if modality not in warm.feats or int(have.sum()) < 2:
@@ -191,10 +222,10 @@ def init_ridge(
         assert isinstance(head, Head)
         scores = {}
         for lam in RIDGE_LAMBDAS:
-            head.set_linear(*ridge_map(warm.feats[modality][have], targets[have], lam))
+            head.set_linear(*ridge_map(inputs[modality][have], targets[have], lam))
             scores[lam] = val_ndcg(net, j)
         chosen[modality] = max(scores, key=lambda lam: scores[lam])
-        head.set_linear(*ridge_map(warm.feats[modality][have], targets[have], chosen[modality]))
+        head.set_linear(*ridge_map(inputs[modality][have], targets[have], chosen[modality]))
     return chosen
 
 
@@ -243,20 +274,27 @@ def train(
 
     t = time.perf_counter()
     val_ids = [i for i in split.cold_val if ds.items[i].modalities]
+    head_ids = [i for i in factors.item_ids if ds.items[i].modalities]  # warm items with content to learn from
+    if not head_ids:
+        raise ValueError("no warm item has text, an image or audio: there is no content to learn from")
     if features is None:
-        warm = content_table(item_inputs(ds, factors.item_ids), progress=progress)
+        warm = content_table(item_inputs(ds, head_ids), progress=progress)
         val = content_table(item_inputs(ds, val_ids), progress=progress)
     else:
-        warm, val = features.subset(factors.item_ids), features.subset(val_ids)
+        warm, val = features.subset(head_ids), features.subset(val_ids)
+    vocab = TagVocab.fit(warm.tags, min_count=config.tag_min_count)
+    warm, val = warm.with_vocab(vocab), val.with_vocab(vocab)
     timings["features_s"] = time.perf_counter() - t
 
     uix = {u: i for i, u in enumerate(factors.user_ids)}
-    iix = {it: i for i, it in enumerate(factors.item_ids)}
-    prefs = torch.zeros(len(factors.item_ids), len(factors.user_ids))
+    iix = {it: i for i, it in enumerate(warm.ids)}
+    prefs = torch.zeros(len(warm.ids), len(factors.user_ids))
     for u, i in zip(warm_events.user_ids.tolist(), warm_events.item_ids.tolist(), strict=True):
-        prefs[iix[i], uix[u]] = 1.0
+        if i in iix:
+            prefs[iix[i], uix[u]] = 1.0
     users = torch.from_numpy(factors.users)
-    targets = torch.from_numpy(factors.items)
+    factor_row = {it: i for i, it in enumerate(factors.item_ids)}
+    targets = torch.from_numpy(factors.items[[factor_row[i] for i in warm.ids]])
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in uix}
 
     def val_ndcg(net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
@@ -276,47 +314,76 @@ def train(
         ranks = rank_cold(factors.user_ids, factors.users, ids, pred, pos)
         return evaluate_rankings(ranks, pos, n_items=len(ids), ks=(20,))["ndcg@20"] if pos else 0.0
 
-    net = ThawNet(dim=config.factors, hidden=config.hidden)
+    net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
     t = time.perf_counter()
     ridge_lambdas = init_ridge(net, warm, targets, val_ndcg_alone) if config.ridge_init else {}
     timings["ridge_s"] = time.perf_counter() - t
     for modality in ridge_lambdas:  # the ridge maps stay fixed; the residual MLPs learn what they miss
         net.heads[modality].linear.requires_grad_(False)
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    best = val_ndcg(net)
-    best_state, history = copy.deepcopy(net.state_dict()), [{"epoch": 0, "cold_val_ndcg@20": round(best, 4)}]
+
+    def loss_of(pred: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        return _loss(config.loss, pred, targets[idx], users, prefs[idx], config.als_alpha)
+
+    def fit(
+        params: list[torch.nn.Parameter], pool: list[int], batch_loss: Callable[[list[int]], torch.Tensor], desc: str
+    ) -> tuple[float, list[dict[str, float]]]:
+        """AdamW on `params` over minibatches of warm rows `pool`; the network keeps its best state by `score`."""
+        score = (lambda n: val_ndcg_alone(n, AUDIO)) if desc == "audio CNN" else val_ndcg
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        best, best_state = score(net), copy.deepcopy(net.state_dict())
+        history = [{"epoch": 0, "cold_val_ndcg@20": round(best, 4)}]
+        for epoch in tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress):
+            net.train()
+            order = [pool[i] for i in rng.permutation(len(pool))]
+            for start in range(0, len(order), config.batch_size):
+                loss = batch_loss(order[start : start + config.batch_size])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                now = score(net)
+                history.append({"epoch": epoch, "cold_val_ndcg@20": round(now, 4)})
+                if now > best:
+                    best, best_state = now, copy.deepcopy(net.state_dict())
+        net.load_state_dict(best_state)
+        return best, history
+
+    histories: dict[str, list[dict[str, float]]] = {}
     t = time.perf_counter()
-    for epoch in tqdm(range(1, config.epochs + 1), desc="train encoders", disable=not progress):
-        net.train()
-        order = rng.permutation(len(warm.ids)).tolist()
-        for start in range(0, len(order), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            feats, mel, owner, masks = warm.batch(idx)
-            keep = masks & (torch.rand(masks.shape) > config.modality_dropout)
-            keep[~keep.any(1)] = masks[~keep.any(1)]
-            feats["audio"] = net.audio_embedding(mel, owner, len(idx))
-            fused, preds = net(feats, keep)
-            loss = _loss(config.loss, fused, targets[idx], users, prefs[idx], config.als_alpha)
-            for j in range(3):  # every head must work alone too
-                have = masks[:, j]
-                if have.any():
-                    loss = loss + 0.3 * _loss(
-                        config.loss, preds[have, j], targets[idx][have], users, prefs[idx][have], config.als_alpha
-                    )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
-            score = val_ndcg(net)
-            history.append({"epoch": epoch, "cold_val_ndcg@20": round(score, 4)})
-            if score > best:
-                best, best_state = score, copy.deepcopy(net.state_dict())
-    net.load_state_dict(best_state)
+    with_audio = [i for i in range(len(warm.ids)) if warm.masks[i, AUDIO]]
+    if with_audio:  # Spotify-style: the CNN and its head learn to predict the factors from audio alone first
+
+        def audio_loss(idx: list[int]) -> torch.Tensor:
+            _, mel, owner, _ = warm.batch(idx)
+            return loss_of(net.heads["audio"](net.audio_embedding(mel, owner, len(idx))), idx)
+
+        audio_params = [*net.audio.parameters(), *net.heads["audio"].parameters()]
+        _, histories["audio"] = fit(audio_params, with_audio, audio_loss, "audio CNN")
+        for p in audio_params:
+            p.requires_grad_(False)
+    timings["audio_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    audio_emb = audio_embeddings(net, warm)  # frozen from here on: computed once
+
+    def fused_loss(idx: list[int]) -> torch.Tensor:
+        feats, _, _, masks = warm.batch(idx)
+        feats["audio"] = audio_emb[idx]
+        keep = masks & (torch.rand(masks.shape) > config.modality_dropout)
+        keep[~keep.any(1)] = masks[~keep.any(1)]
+        fused, preds = net(feats, keep)
+        loss = loss_of(fused, idx)
+        for j in range(len(MODALITY_ORDER)):  # every head must work alone too
+            have = masks[:, j]
+            if have.any():
+                loss = loss + 0.3 * loss_of(preds[have, j], [i for i, h in zip(idx, have.tolist(), strict=True) if h])
+        return loss
+
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    best, histories["fused"] = fit(trainable, list(range(len(warm.ids))), fused_loss, "residual heads")
     timings["heads_s"] = time.perf_counter() - t
     fusion = tune_fusion(net, val_ndcg, warm.masks.any(0).tolist())
 
-    profiles = history_profiles(ds, factors.item_ids, predict(net, warm))
+    profiles = history_profiles(ds, warm.ids, predict(net, warm))
     alphas = {a: val_ndcg(net, a, profiles) for a in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)}
     alpha = max(alphas, key=lambda a: (alphas[a], a))
     cfg: dict[str, Any] = dict(
@@ -330,10 +397,11 @@ def train(
     metrics = {
         "cold_val_ndcg@20": round(max(best, fusion), 4),
         "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
-        "history": history,
+        "history": histories,
         "ridge_lambdas": ridge_lambdas,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "n_val_users": len(val_pos),
+        "n_tags": len(vocab),
     }
     log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f", best, alpha)
     model = ThawModel(
@@ -344,6 +412,7 @@ def train(
         item_ids=factors.item_ids,
         item_factors=factors.items,
         config=cfg,
+        vocab=vocab,
         metrics=metrics,
     )
     return model

@@ -21,6 +21,9 @@ _NAMESPACE = uuid.UUID("6f1c1a52-6a8b-4f0e-9d8e-3c2b7f4a9e10")
 # Text fields joined, in this order, into the text an encoder reads; other string fields follow.
 TEXT_FIELDS_FIRST = ("title", "genres", "description", "director", "writer", "cast")
 NON_TEXT_FIELDS = frozenset({"item_id", "image", "audio"})
+FREE_TEXT_FIELDS = frozenset({"title", "description"})  # prose: read by the text encoder, never tokenised as tags
+MAX_TAG_CHARS = 48
+_YEAR_RE = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 
 
 class InvalidIdError(ValueError):
@@ -63,3 +66,33 @@ def item_text(fields: dict[str, object]) -> str:
             if words:
                 parts.append(f"{key}: {', '.join(words)}")
     return ". ".join(parts)
+
+
+def item_tags(fields: dict[str, object]) -> frozenset[str]:
+    """Categorical tokens of an item's metadata for the tag features beside the text embedding:
+
+    - `field=value` for every element of a list field and every short string field (`genres=Comedy`,
+      `director=John Lasseter`, `age_rating=PG`); prose fields (title, description) are left to the text encoder;
+    - `year=1995` and `decade=199x` for every four-digit year in any string field (release dates, titles);
+    - `has:field` and `len:field=b` (b = bit length of the field's length) for every non-empty field, so how much
+      is known about an item is a feature too.
+    """
+    tags: set[str] = set()
+    for key, value in fields.items():
+        if key in NON_TEXT_FIELDS or value is None or value == "" or value == []:
+            continue
+        tags.add(f"has:{key}")
+        if isinstance(value, list):
+            words = [str(v).strip() for v in value if isinstance(v, str | int | float) and str(v).strip()]
+            tags.update(f"{key}={w}" for w in words if len(w) <= MAX_TAG_CHARS)
+            tags.add(f"len:{key}={len(words).bit_length()}")
+        elif isinstance(value, str):
+            text = value.strip()
+            if key not in FREE_TEXT_FIELDS and len(text) <= MAX_TAG_CHARS:
+                tags.add(f"{key}={text}")
+            tags.add(f"len:{key}={len(text).bit_length()}")
+            for year in _YEAR_RE.findall(text):
+                tags.update((f"year={year}", f"decade={year[:3]}x"))
+        elif isinstance(value, bool | int):
+            tags.add(f"{key}={value}")
+    return frozenset(tags)

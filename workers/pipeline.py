@@ -17,7 +17,7 @@ from indexer.writer import ItemPoint, upsert_items, upsert_users
 from thaw.datasets import Dataset
 from thaw.db import ItemRecord, Job, utcnow
 from thaw.runtime import Runtime
-from thaw.schema import CF, CONTENT, MODALITIES, item_text
+from thaw.schema import CF, CONTENT, MODALITIES, item_tags, item_text
 from workers.media import MediaError, decode_audio, decode_image
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
         raise PermanentError(str(exc)) from exc
     if text is None and image is None and audio is None:
         raise PermanentError(f"item {record.item_id!r} has no text, image or audio to embed")
-    return ItemInput(record.item_id, text=text, image=image, audio=audio)
+    return ItemInput(record.item_id, text=text, image=image, audio=audio, tags=item_tags(record.metadata_ or {}))
 
 
 def item_point(model: ThawModel, item_id: str, encoded: EncodedItem, extra: dict[str, Any]) -> ItemPoint:

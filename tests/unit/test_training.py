@@ -70,3 +70,15 @@ def test_a_split_with_an_item_both_warm_and_cold_is_refused(tiny: Path) -> None:
     bad = Split(split.warm + split.cold_test[:1], split.cold_val, split.cold_test)
     with pytest.raises(ValueError, match="both warm and cold"):
         training_events(ds, bad)
+
+
+def test_ridge_map_dual_form_equals_primal() -> None:
+    """More features than items takes the n x n (dual) system; its solution is the primal one."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 80, generator=g), torch.randn(30, 4, generator=g)
+    w_dual, b_dual = ridge_map(x, y, lam=2.0)
+    xm, ym = x.mean(0).double(), y.mean(0).double()
+    xc = x.double() - xm
+    w_primal = torch.linalg.solve(xc.T @ xc + 2.0 * torch.eye(80, dtype=torch.float64), xc.T @ (y.double() - ym)).T
+    torch.testing.assert_close(w_dual, w_primal.float(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(b_dual, (ym - w_primal @ xm).float(), atol=1e-5, rtol=1e-4)
