@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from encoders.evaluate import catalogue_features
-from encoders.training import TrainConfig
+from encoders.training import Table, TrainConfig
 from thaw.cli import app
 from thaw.datasets import load_dataset, split_items
 from thaw.experiments.replay import ReplayConfig, holdout_split, replay
@@ -28,6 +28,11 @@ def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "".join(json.dumps({k: v for k, v in r.items() if k != "audio"}) + "\n" for r in rows)
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def features(small_catalog: Path) -> Table:
+    return catalogue_features(load_dataset(small_catalog), progress=False)
 
 
 def test_holdout_keeps_cold_test_and_each_users_latest_warm_interactions_out_of_training(small_catalog: Path) -> None:
@@ -55,11 +60,12 @@ def test_holdout_keeps_cold_test_and_each_users_latest_warm_interactions_out_of_
         assert len(mine) - len(kept) == int(0.2 * len(mine)) and max(kept) <= min(set(mine) - set(kept))
 
 
-def test_replay_serves_each_user_their_arm_and_clicks_exactly_the_held_out_interactions(small_catalog: Path) -> None:
+def test_replay_serves_each_user_their_arm_and_clicks_exactly_the_held_out_interactions(
+    small_catalog: Path, features: Table
+) -> None:
     ds = load_dataset(small_catalog)
     split = split_items(ds, seed=0)
     spec = parse_arms("thaw,cf_only,content_knn,popularity,random", control="cf_only", salt="t")
-    features = catalogue_features(ds, progress=False)
     config = ReplayConfig(k=10)
     res = replay(
         ds, split, spec, config, TrainConfig(epochs=3), features, interleave=("thaw", "random"), progress=False
@@ -98,7 +104,10 @@ def test_replay_serves_each_user_their_arm_and_clicks_exactly_the_held_out_inter
     assert tdi["wins"] > 2 * tdi["losses"] and tdi["p_value"] < 0.01, tdi  # planted tastes: Thaw beats random
 
 
-def test_ab_simulate_cli_writes_the_report_and_chart(small_catalog: Path, tmp_path: Path) -> None:
+def test_ab_simulate_cli_writes_the_report_and_chart(
+    small_catalog: Path, features: Table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("encoders.evaluate.catalogue_features", lambda ds: features)  # computed once per module
     out = tmp_path / "replay.json"
     args = ["ab", "simulate", "--data", str(small_catalog), "--json", str(out), "--epochs", "2", "--k", "10"]
     args += ["--arms", "thaw,cf_only,content_knn,popularity", "--control", "cf_only"]
