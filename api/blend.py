@@ -23,6 +23,15 @@ def served_vector(
     return w * cf + (1.0 - w) * content
 
 
+def served_vectors(cf: np.ndarray, content: np.ndarray, interactions: np.ndarray, shrinkage: float) -> np.ndarray:
+    """`served_vector` for n items at once: (n, d) CF and content rows (a row of NaN: the item lacks that vector)
+    and their interaction counts; an item with neither vector gets a zero row."""
+    has_cf, has_content = ~np.isnan(cf).any(axis=1), ~np.isnan(content).any(axis=1)
+    w = np.array([cf_weight(int(n), shrinkage) for n in interactions], dtype=float).reshape(-1)
+    w = np.where(has_content, w, 1.0) * has_cf
+    return w[:, None] * np.nan_to_num(cf) + (1.0 - w)[:, None] * np.nan_to_num(content)
+
+
 def profile(vectors: list[np.ndarray], weights: list[float] | None = None) -> np.ndarray | None:
     """Unit-length weighted centroid of the user's history in content space (None without history)."""
     if not vectors:

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy.orm import Session
 
 from api.deps import require_api_key
-from api.routes import health, items, jobs, users
+from api.routes import experiments, health, items, jobs, users
 from indexer.collections import IndexError_
 from indexer.search import NotIndexedError
 from thaw.db import Job
@@ -86,6 +86,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for router in (items.router, jobs.router, users.router, health.metrics_router):
+    for router in (items.router, jobs.router, users.router, experiments.router, health.metrics_router):
         app.include_router(router, dependencies=secured)
     return app

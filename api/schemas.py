@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from thaw.schema import VectorName, check_id
 
@@ -79,12 +79,19 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem]
 
 
+class RecommendedItem(ScoredItem):
+    cold: bool | None = None  # no interactions when served
+    team: str | None = None  # interleaving: the arm that drafted this position
+
+
 class Recommendations(BaseModel):
     rec_id: str
     user_id: str
-    alpha: float
+    alpha: float | None  # None for policies other than thaw
     model_version: str
-    items: list[ScoredItem]
+    items: list[RecommendedItem]
+    experiment_id: str | None = None  # set when the list was served (and logged) for a running experiment
+    arm: str | None = None  # the user's arm (None in an interleaving experiment: both arms are in the list)
 
 
 class EventIn(BaseModel):
@@ -102,3 +109,63 @@ class EventIn(BaseModel):
 
 class EventsAccepted(BaseModel):
     accepted: int
+    joined: int = 0  # events whose rec_id names an exposure of the same user that showed the item
+
+
+class ArmIn(BaseModel):
+    name: str
+    policy: str
+    share: float | None = Field(default=None, description="traffic share (A/B); unused in interleaving")
+    alpha: float | None = Field(default=None, description="thaw only: the CF/content blend (default: the model's)")
+    model_version: str | None = Field(default=None, description="thaw only: a trained, indexed version")
+
+
+class ExperimentCreate(BaseModel):
+    """An experiment: `ab` splits users between arms by a salted hash of their id in proportion to the shares;
+    `interleaving` serves every user a team-draft interleaving of exactly two arms."""
+
+    name: str = Field(min_length=1, max_length=128)
+    kind: Literal["ab", "interleaving"] = "ab"
+    arms: list[ArmIn] = Field(min_length=1, max_length=20)
+    control: str
+    salt: str | None = Field(default=None, max_length=64, description="default: the experiment id")
+    start_at: datetime | None = Field(default=None, description="default: now")
+    end_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ExperimentCreate:
+        from thaw.experiments.policies import Policy
+        from thaw.experiments.spec import Arm, spec_problems
+
+        problems, arms = [], []
+        for a in self.arms:
+            if self.kind == "ab" and a.share is None:
+                problems.append(f"arm {a.name!r} needs a share in an A/B experiment")
+            try:
+                arms.append(Arm(a.name, Policy(a.policy, a.alpha, a.model_version), a.share or 0.5))
+            except ValueError as exc:
+                problems.append(f"arm {a.name!r}: {exc}")
+        if not problems:
+            problems += spec_problems(self.kind, arms, self.control)
+        start, end = self.start_at, self.end_at
+        for label, moment in (("start_at", start), ("end_at", end)):
+            if moment is not None and moment.tzinfo is None:
+                problems.append(f"{label} must carry a time zone (e.g. 2025-01-31T12:00:00Z), got {moment}")
+        if start is not None and end is not None and start.tzinfo and end.tzinfo and end <= start:
+            problems.append(f"end_at ({end}) must be after start_at ({start})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class ExperimentPublic(BaseModel):
+    experiment_id: str
+    name: str
+    kind: str
+    control: str
+    salt: str
+    arms: list[dict[str, Any]]
+    start_at: datetime
+    end_at: datetime | None
+    created_at: datetime
+    status: Literal["scheduled", "running", "ended"]

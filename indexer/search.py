@@ -30,12 +30,15 @@ def payload_filter(
     *,
     exclude_items: list[str] | None = None,
     cold_only: bool = False,
+    warm_only: bool = False,
 ) -> qm.Filter | None:
     must: list[qm.Condition] = [
         qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in (match or {}).items()
     ]
     if cold_only:
         must.append(qm.FieldCondition(key="interactions", match=qm.MatchValue(value=0)))
+    if warm_only:
+        must.append(qm.FieldCondition(key="interactions", range=qm.Range(gt=0)))
     must_not: list[qm.Condition] = []
     if exclude_items:
         must_not.append(qm.HasIdCondition(has_id=[point_id(i) for i in exclude_items]))
@@ -46,6 +49,22 @@ def _vectors(raw: object) -> dict[str, np.ndarray]:
     if not isinstance(raw, dict):
         return {}
     return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+
+
+def _hits(points: list[Any]) -> list[Hit]:
+    """Qdrant points (scored or retrieved: score 1.0) as Hits."""
+    out = []
+    for p in points:
+        score = getattr(p, "score", None)
+        out.append(
+            Hit(
+                str((p.payload or {}).get("item_id")),
+                1.0 if score is None else float(score),
+                p.payload or {},
+                _vectors(p.vector),
+            )
+        )
+    return out
 
 
 def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -> Hit | None:
@@ -77,35 +96,82 @@ def search(
     k: int,
     query_filter: qm.Filter | None = None,
     *,
-    with_vectors: bool = False,
+    with_vectors: bool | list[str] = False,
+    collection: str = ITEMS,
 ) -> list[Hit]:
+    """The k items nearest to `vector` by the named vector `using`; `with_vectors=True` returns CF and content."""
     with index.session() as client:
         res = client.query_points(
-            ITEMS,
+            collection,
             query=np.asarray(vector, np.float32).tolist(),
             using=using,
             limit=k,
             query_filter=query_filter,
             with_payload=True,
-            with_vectors=[CF, CONTENT] if with_vectors else False,
+            with_vectors=[CF, CONTENT] if with_vectors is True else with_vectors,
         )
-    return [
-        Hit(str((p.payload or {}).get("item_id")), float(p.score), p.payload or {}, _vectors(p.vector))
-        for p in res.points
-    ]
+    return _hits(res.points)
 
 
-def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool) -> list[Hit]:
+def top_by(
+    index: Index,
+    key: str,
+    k: int,
+    query_filter: qm.Filter | None = None,
+    *,
+    with_vectors: list[str] | bool = False,
+    collection: str = ITEMS,
+) -> list[Hit]:
+    """The k items with the largest integer payload `key` (e.g. `interactions`; needs its payload index)."""
+    with index.session() as client:
+        res = client.query_points(
+            collection,
+            query=qm.OrderByQuery(order_by=qm.OrderBy(key=key, direction=qm.Direction.DESC)),
+            limit=k,
+            query_filter=query_filter,
+            with_payload=True,
+            with_vectors=with_vectors,
+        )
+    return _hits(res.points)
+
+
+def sample(
+    index: Index,
+    k: int,
+    query_filter: qm.Filter | None = None,
+    *,
+    with_vectors: list[str] | bool = False,
+    collection: str = ITEMS,
+) -> list[Hit]:
+    """k items drawn at random by Qdrant (not seeded)."""
+    with index.session() as client:
+        res = client.query_points(
+            collection,
+            query=qm.SampleQuery(sample=qm.Sample.RANDOM),
+            limit=k,
+            query_filter=query_filter,
+            with_payload=True,
+            with_vectors=with_vectors,
+        )
+    return _hits(res.points)
+
+
+def count(index: Index, query_filter: qm.Filter | None = None, *, collection: str = ITEMS) -> int:
+    with index.session() as client:
+        return int(client.count(collection, count_filter=query_filter, exact=True).count)
+
+
+def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool, collection: str = ITEMS) -> list[Hit]:
     if not item_ids:
         return []
     with index.session() as client:
-        recs = client.retrieve(ITEMS, [point_id(i) for i in item_ids], with_vectors=vectors, with_payload=True)
-    return [Hit(str((r.payload or {}).get("item_id")), 1.0, r.payload or {}, _vectors(r.vector)) for r in recs]
+        recs = client.retrieve(collection, [point_id(i) for i in item_ids], with_vectors=vectors, with_payload=True)
+    return _hits(recs)
 
 
-def get_user(index: Index, user_id: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+def get_user(index: Index, user_id: str, *, collection: str = USERS) -> tuple[np.ndarray, dict[str, Any]] | None:
     with index.session() as client:
-        recs = client.retrieve(USERS, [user_point_id(user_id)], with_vectors=[CF], with_payload=True)
+        recs = client.retrieve(collection, [user_point_id(user_id)], with_vectors=[CF], with_payload=True)
     if not recs:
         return None
     return _vectors(recs[0].vector)[CF], recs[0].payload or {}

@@ -185,3 +185,129 @@ def evaluate(
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))
     console.print(f"results written to {json_out}")
+
+
+ab_app = typer.Typer(help="Cold-start experiments: offline replay and reports.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+
+
+def _print_report(report: dict[str, object], title: str) -> None:
+    from thaw.experiments.report import difference_rows, summary_rows
+
+    for rows_of, caption in ((summary_rows, title), (difference_rows, "difference from the control (95 % CI)")):
+        header, rows = rows_of(report)
+        if not rows:
+            continue
+        table = Table(title=caption)
+        for col in header:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    srm = report.get("srm")
+    if isinstance(srm, dict):
+        verdict = "[red]MISMATCH: do not trust this experiment[/]" if srm["mismatch"] else "ok"
+        console.print(f"sample-ratio check: users {srm['observed_users']}, chi-square p = {srm['p_value']} — {verdict}")
+    inter = report.get("interleaving")
+    if isinstance(inter, dict):
+        for key in ("all_clicks", "cold_clicks"):
+            s = inter[key]
+            console.print(
+                f"interleaving {inter['treatment']} vs {inter['control']} ({key}): wins {s['wins']}, "
+                f"losses {s['losses']}, ties {s['ties']}, delta {s['delta']} [{s['ci_low']}, {s['ci_high']}], "
+                f"p = {s['p_value']}"
+            )
+
+
+@ab_app.command("simulate")
+def ab_simulate(
+    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
+    json_out: Annotated[Path, typer.Option("--json", help="write the replay report as JSON")],
+    arms: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated [NAME=]POLICY[:alpha=A]; policies: thaw cf_only content_knn popularity random"
+        ),
+    ] = "thaw,cf_only,content_knn,popularity",
+    control: Annotated[str | None, typer.Option(help="the control arm (default: the first)")] = None,
+    shares: Annotated[str | None, typer.Option(help="comma-separated traffic shares (default: equal)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the 80/10/10 item split and of training")] = 0,
+    split_file: Annotated[Path | None, typer.Option(help="split.csv fixing warm/cold_val/cold_test")] = None,
+    min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this")] = None,
+    k: Annotated[int, typer.Option(help="items served per arrival")] = 20,
+    holdout: Annotated[float, typer.Option(help="each user's latest share of warm interactions held out")] = 0.2,
+    catalogue: Annotated[str, typer.Option(help="serve from all items, or from the items cold at the start")] = "all",
+    conversion_rating: Annotated[float, typer.Option(help="a held-out rating >= this is a conversion")] = 5.0,
+    interleave: Annotated[str | None, typer.Option(help="two arms, e.g. thaw,cf_only: also team-draft them")] = None,
+    epochs: int = 40,
+    chart: Annotated[Path | None, typer.Option(help="PNG chart (default: the JSON path with .png)")] = None,
+    salt: str = "replay",
+) -> None:
+    """Offline replay: train on the past, replay held-out interactions in time order through the arms, report."""
+    from encoders.evaluate import catalogue_features
+    from encoders.training import TrainConfig
+    from thaw.datasets import load_dataset, split_items
+    from thaw.experiments.replay import ReplayConfig, replay
+    from thaw.experiments.report import chart_png
+    from thaw.experiments.spec import parse_arms
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        spec = parse_arms(arms, control=control, shares=shares, salt=salt)
+        pair = tuple(a.strip() for a in interleave.split(",")) if interleave else None
+        if pair is not None and len(pair) != 2:
+            raise ValueError(f"--interleave takes two arm names, got {interleave!r}")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    ds = load_dataset(data, min_rating=min_rating)
+    split = split_items(ds, seed=seed, split_file=split_file)
+    features = catalogue_features(ds)
+    config = ReplayConfig(k=k, holdout=holdout, catalogue=catalogue, conversion_rating=conversion_rating)
+    result = replay(
+        ds,
+        split,
+        spec,
+        config,
+        TrainConfig(seed=seed, epochs=epochs),
+        features,
+        interleave=pair,
+    ).summary
+    result["protocol"].update(data=str(data), seed=seed, split_file=str(split_file) if split_file else None)
+    result["protocol"].update(min_rating=min_rating, epochs=epochs)
+    _print_report(result["report"], f"offline replay: {result['protocol']['users_replayed']} users, k={k}")
+    if result["interleaving"] is not None:
+        _print_report(result["interleaving"]["report"], "interleaving, same users")
+        same = result["interleaving"]["same_users_ab"]
+        console.print(f"A/B split of the same {same['users']} users: ctr diff {same['ctr']}")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=2))
+    chart = chart or json_out.with_suffix(".png")
+    chart.write_bytes(chart_png(result["report"], f"offline replay of {Path(data).name}"))
+    console.print(f"report written to {json_out}, chart to {chart}")
+
+
+@ab_app.command("report")
+def ab_report(
+    experiment_id: str,
+    url: str = "http://127.0.0.1:8000",
+    chart: Annotated[Path | None, typer.Option(help="PNG chart (default: experiment-<id>.png)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+) -> None:
+    """The report of an online experiment (from a running service): per-arm metrics, differences, SRM, chart."""
+    import httpx
+
+    from thaw.experiments.report import chart_png
+
+    headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
+        resp = client.get(f"/experiments/{experiment_id}/report")
+    if resp.status_code != 200:
+        console.print(f"[red]{resp.status_code}[/] {resp.text}")
+        raise typer.Exit(1)
+    report = resp.json()
+    _print_report(report, f"experiment {experiment_id}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2))
+    chart = chart or Path(f"experiment-{experiment_id}.png")
+    chart.write_bytes(chart_png(report, f"experiment {experiment_id}"))
+    console.print(f"chart written to {chart}")

@@ -52,8 +52,41 @@ class Interaction(Base):
     item_id: Mapped[str] = mapped_column(String(128), index=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     kind: Mapped[str] = mapped_column(String(32), default="interaction")
-    rec_id: Mapped[str | None] = mapped_column(String(64))
+    rec_id: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Experiment(Base):
+    """An online experiment: arms (policy, parameters, traffic share) as thaw.experiments.spec defines them."""
+
+    __tablename__ = "experiments"
+    experiment_id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: uuid.uuid4().hex[:16])
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="ab")
+    salt: Mapped[str] = mapped_column(String(64))
+    control: Mapped[str] = mapped_column(String(64))
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    start_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Exposure(Base):
+    """One served list in an experiment: who got which arm and which items, at which positions, how old and whether
+    cold when shown (`items`: [{item_id, position, score, interactions, cold, age_s, team}]). Events join by rec_id."""
+
+    __tablename__ = "exposures"
+    rec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(String(64), index=True)
+    arm: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Datetimes read back from SQLite are naive: they were written in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def make_engine(url: str) -> Engine:

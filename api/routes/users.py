@@ -1,51 +1,40 @@
-"""API: blended recommendations and interaction events."""
+"""API: recommendations (the default blend, or an experiment's arm, logged as an exposure) and interaction events."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query
 from sqlalchemy.orm import Session
 
-from api.blend import profile, score_items, served_vector
 from api.deps import RuntimeDep
-from api.schemas import EventIn, EventsAccepted, Recommendations, ScoredItem
-from indexer.collections import ITEMS, USERS
-from indexer.search import Hit, get_items, get_user, payload_filter, search
-from indexer.writer import set_item_cf, upsert_users
-from thaw.db import Interaction, ItemRecord, history, item_audience
+from api.routes.experiments import experiment_spec, interleave, is_running, joined_events
+from api.schemas import EventIn, EventsAccepted, Recommendations, RecommendedItem
+from api.serving import Served, VersionUnavailableError, exposure_items, model_view, seen_items, serve, user_vector
+from indexer.collections import ITEMS
+from indexer.search import get_items, get_user
+from indexer.writer import set_item_cf
+from thaw.db import Experiment, Exposure, Interaction, ItemRecord, item_audience, utcnow
+from thaw.experiments.assignment import seed_of
+from thaw.experiments.policies import Policy
 from thaw.factors import fold_in
-from thaw.runtime import Runtime
-from thaw.schema import CF, CONTENT, InvalidIdError, check_id
+from thaw.schema import InvalidIdError, check_id
 
 router = APIRouter(tags=["recommendations"])
 
 
-def _served(hit: Hit, shrinkage: float) -> np.ndarray | None:
-    return served_vector(
-        hit.vectors.get(CF), hit.vectors.get(CONTENT), int(hit.payload.get("interactions", 0)), shrinkage
+def _response(
+    rec_id: str, user_id: str, served: Served, teams: list[str] | None = None, **extra: Any
+) -> Recommendations:
+    items = [
+        RecommendedItem(item_id=i, score=sc, cold=n == 0, team=teams[p] if teams else None)
+        for p, (i, sc, n) in enumerate(zip(served.items, served.scores, served.interactions, strict=True))
+    ]
+    return Recommendations(
+        rec_id=rec_id, user_id=user_id, alpha=served.alpha, model_version=served.model_version, items=items, **extra
     )
-
-
-def user_vector(rt: Runtime, user_id: str, reg: float, shrinkage: float) -> np.ndarray | None:
-    """The user's factors: learned by ALS, else folded in from their events against the items' served vectors."""
-    found = get_user(rt.index, user_id)
-    if found is not None and found[1].get("source") == "als":
-        return found[0]
-    with Session(rt.engine) as session:
-        events = history(session, user_id)
-    if not events:
-        return found[0] if found else None
-    weights = dict(events)
-    hits = [h for h in get_items(rt.index, list(weights), vectors=[CF, CONTENT]) if _served(h, shrinkage) is not None]
-    if not hits:
-        return None
-    vecs = np.stack([_served(h, shrinkage) for h in hits])  # type: ignore[misc]
-    vector = fold_in(vecs, np.array([1.0 + weights[h.item_id] for h in hits]), reg)
-    upsert_users(rt.index, USERS, [user_id], vector[None, :], [{"source": "events", "events": len(events)}])
-    return vector
 
 
 @router.get("/users/{user_id}/recommendations", response_model=Recommendations)
@@ -55,42 +44,54 @@ def recommend(
     k: Annotated[int, Query(ge=1, le=500)] = 10,
     alpha: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     cold_only: bool = False,
+    experiment: Annotated[str | None, Query(max_length=64, description="serve this experiment's arm")] = None,
 ) -> Recommendations:
+    """The blended recommendations (the `thaw` policy on the active model); with `experiment`, the user's arm of a
+    running experiment, logged as an exposure under the returned rec_id (outside its time window: the default,
+    not logged)."""
     try:
         user_id = check_id(user_id, "user_id")
     except InvalidIdError as exc:
         raise HTTPException(422, str(exc)) from exc
-    config = rt.model_config()
-    reg, shrinkage = float(config.get("als_reg", 0.05)), float(config.get("cf_shrinkage", 10.0))
-    alpha = float(config.get("alpha", 0.5)) if alpha is None else alpha
-    user = user_vector(rt, user_id, reg, shrinkage)
-    if user is None:
+    record = None
+    if experiment is not None:
+        with Session(rt.engine) as session:
+            record = session.get(Experiment, experiment)
+        if record is None:
+            raise HTTPException(404, f"experiment {experiment!r} does not exist")
+        if alpha is not None:
+            raise HTTPException(422, "alpha is fixed by the experiment's arms: leave it out when experiment is given")
+    user = user_vector(rt, user_id, model_view(rt))
+    if user is None:  # the same for every arm, so eligibility cannot differ between arms
         raise HTTPException(404, f"user {user_id!r} is unknown: no learned factors and no events")
+    seen = seen_items(rt, user_id)
+    rec_id = uuid.uuid4().hex
+    kw: dict[str, Any] = {"user_id": user_id, "seen": seen, "cold_only": cold_only, "seed": seed_of(rec_id)}
+    if record is None or not is_running(record, utcnow()):
+        return _response(rec_id, user_id, serve(rt, Policy("thaw", alpha), k, active_user=user, **kw))
+    spec = experiment_spec(record)
+    try:
+        if spec.kind == "ab":
+            arm = spec.assign(user_id)
+            served, teams, arm_name = serve(rt, arm.policy, k, active_user=user, **kw), None, arm.name
+        else:
+            a, b = (serve(rt, arm.policy, k, active_user=user, **kw) for arm in spec.arms)
+            served, teams = interleave(a, b, k, rec_id, (spec.arms[0].name, spec.arms[1].name))
+            arm_name = None
+    except VersionUnavailableError as exc:
+        raise HTTPException(409, f"experiment {record.experiment_id!r} cannot serve its arm: {exc}") from exc
     with Session(rt.engine) as session:
-        seen = [item for item, _ in history(session, user_id)]
-    query_filter = payload_filter(exclude_items=seen, cold_only=cold_only)
-    n = max(100, 5 * k)
-    candidates: dict[str, Hit] = {}
-    for using in (CONTENT, CF):
-        for hit in search(rt.index, user, using, n, query_filter, with_vectors=True):
-            candidates.setdefault(hit.item_id, hit)
-    hits = [h for h in candidates.values() if _served(h, shrinkage) is not None]
-    if not hits:
-        return Recommendations(
-            rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=[]
+        session.add(
+            Exposure(
+                rec_id=rec_id,
+                experiment_id=record.experiment_id,
+                arm=arm_name,
+                user_id=user_id,
+                items=exposure_items(rt, served, teams),
+            )
         )
-    served = np.stack([_served(h, shrinkage) for h in hits])  # type: ignore[misc]
-    seen_hits = get_items(rt.index, seen[:200], vectors=[CONTENT])
-    user_profile = profile([h.vectors[CONTENT] for h in seen_hits if CONTENT in h.vectors])
-    contents = None
-    if user_profile is not None and all(CONTENT in h.vectors for h in hits):
-        contents = np.stack([h.vectors[CONTENT] for h in hits])
-    scores = score_items(user, served, contents, user_profile, alpha)
-    order = np.argsort(-scores, kind="stable")[:k]
-    items = [ScoredItem(item_id=hits[i].item_id, score=float(scores[i])) for i in order]
-    return Recommendations(
-        rec_id=uuid.uuid4().hex, user_id=user_id, alpha=alpha, model_version=config["version"], items=items
-    )
+        session.commit()
+    return _response(rec_id, user_id, served, teams, experiment_id=record.experiment_id, arm=arm_name)
 
 
 @router.post("/events", response_model=EventsAccepted)
@@ -115,6 +116,7 @@ def post_events(events: EventIn | list[EventIn], rt: RuntimeDep) -> EventsAccept
                 Interaction(user_id=e.user_id, item_id=e.item_id, weight=e.weight, kind=e.type, rec_id=e.rec_id)
             )
         session.commit()
+        joined = joined_events(session, batch)
         for item_id, hit in indexed.items():
             audience = item_audience(session, item_id)
             if hit.payload.get("cf_source") == "als":
@@ -125,4 +127,4 @@ def post_events(events: EventIn | list[EventIn], rt: RuntimeDep) -> EventsAccept
                 vecs = np.stack([v for v, _ in known_users])
                 cf = fold_in(vecs, np.array([1.0 + w for _, w in known_users]), reg)
                 set_item_cf(rt.index, ITEMS, item_id, cf, len(audience))
-    return EventsAccepted(accepted=len(batch))
+    return EventsAccepted(accepted=len(batch), joined=joined)

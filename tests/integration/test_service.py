@@ -92,7 +92,7 @@ def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker:
             {"user_id": "u1", "item_id": "evt-item", "weight": 2},
         ],
     )
-    assert resp.status_code == 200 and resp.json() == {"accepted": 2}
+    assert resp.status_code == 200 and resp.json() == {"accepted": 2, "joined": 0}  # no rec_id: nothing joins
     item = client.get("/items/evt-item").json()
     assert item["interactions"] == 2
     recs = client.get("/users/brand-new-user/recommendations", params={"k": 5}).json()
