@@ -32,17 +32,17 @@ def log_mel_crops(wave: np.ndarray, max_crops: int = 8) -> torch.Tensor:
 class AudioCNN(nn.Module):
     """Convolutions over time with mel bins as channels, then global mean, max and L2 pooling over time."""
 
-    def __init__(self, *, n_mels: int = N_MELS, channels: int = 96, dim: int = 128) -> None:
+    def __init__(self, *, n_mels: int = N_MELS, channels: int = 96, dim: int = 128, pool: int = 4) -> None:
         super().__init__()
-        self.config = {"n_mels": n_mels, "channels": channels, "dim": dim}
+        self.config = {"n_mels": n_mels, "channels": channels, "dim": dim, "pool": pool}
         self.norm = nn.BatchNorm1d(n_mels)
         self.convs = nn.Sequential(
             nn.Conv1d(n_mels, channels, 4, padding="same"),
             nn.ReLU(),
-            nn.MaxPool1d(2),
+            nn.MaxPool1d(pool),
             nn.Conv1d(channels, channels, 4, padding="same"),
             nn.ReLU(),
-            nn.MaxPool1d(2),
+            nn.MaxPool1d(pool),
             nn.Conv1d(channels, channels, 4, padding="same"),
             nn.ReLU(),
         )

@@ -25,10 +25,16 @@ class Head(nn.Module):
     def __init__(self, n_in: int, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.linear = nn.Linear(n_in, dim)
-        last = nn.Linear(hidden, dim)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), last)
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.reset_residual()
+
+    @torch.no_grad()
+    def reset_residual(self) -> None:
+        """Zero the residual MLP's output layer: the head is its linear map alone again."""
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        last.weight.zero_()
+        last.bias.zero_()
 
     @torch.no_grad()
     def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -69,6 +75,8 @@ class ThawNet(nn.Module):
         """feats: modality -> (B, n_in) plus "tags" (B, tag_dim), which the text head reads beside the text
         embedding; masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and the per-modality predictions
         (B, 3, dim)."""
+        if self.config["tag_dim"] and "tags" not in feats:
+            raise ValueError("this model's text head reads tags: apply its vocabulary first (Table.with_vocab)")
         inputs = dict(feats, text=head_input(feats))
         preds = torch.stack([self.heads[m](inputs[m]) for m in MODALITY_ORDER], dim=1)
         w = torch.exp(self.weights)[None, :] * masks.float()

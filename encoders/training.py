@@ -208,18 +208,23 @@ def ridge_map(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple[torch.Tenso
 
 
 def init_ridge(
-    net: ThawNet, warm: Table, targets: torch.Tensor, val_ndcg: Callable[[ThawNet, int], float]
+    net: ThawNet,
+    inputs: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+    targets: torch.Tensor,
+    val_ndcg: Callable[[ThawNet, int], float],
 ) -> dict[str, float]:
-    """Start each frozen-feature head (text, image) at the ridge map from its features onto the warm items' factors,
-    lambda chosen per modality on cold validation; the residual MLPs start at zero. Returns the chosen lambdas."""
+    """Set the linear part of each head in `inputs` (modality -> what the head reads, one row per warm item) to the
+    ridge map from those features onto the warm items' factors, lambda chosen per modality on cold validation; the
+    residual MLPs restart at zero. Returns the chosen lambdas."""
     chosen: dict[str, float] = {}
-    inputs = dict(warm.feats, text=head_input(warm.feats))
     for j, modality in enumerate(MODALITY_ORDER):
-        have = warm.masks[:, j]
-        if modality not in warm.feats or int(have.sum()) < 2:
+        have = masks[:, j]
+        if modality not in inputs or int(have.sum()) < 2:
             continue
         head = net.heads[modality]
         assert isinstance(head, Head)
+        head.reset_residual()
         scores = {}
         for lam in RIDGE_LAMBDAS:
             head.set_linear(*ridge_map(inputs[modality][have], targets[have], lam))
@@ -316,7 +321,8 @@ def train(
 
     net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
     t = time.perf_counter()
-    ridge_lambdas = init_ridge(net, warm, targets, val_ndcg_alone) if config.ridge_init else {}
+    frozen_inputs = {"text": head_input(warm.feats), "image": warm.feats["image"]}
+    ridge_lambdas = init_ridge(net, frozen_inputs, warm.masks, targets, val_ndcg_alone) if config.ridge_init else {}
     timings["ridge_s"] = time.perf_counter() - t
     for modality in ridge_lambdas:  # the ridge maps stay fixed; the residual MLPs learn what they miss
         net.heads[modality].linear.requires_grad_(False)
@@ -358,12 +364,19 @@ def train(
             return loss_of(net.heads["audio"](net.audio_embedding(mel, owner, len(idx))), idx)
 
         audio_params = [*net.audio.parameters(), *net.heads["audio"].parameters()]
-        _, histories["audio"] = fit(audio_params, with_audio, audio_loss, "audio CNN")
+        trained, histories["audio"] = fit(audio_params, with_audio, audio_loss, "audio CNN")
         for p in audio_params:
             p.requires_grad_(False)
     timings["audio_s"] = time.perf_counter() - t
     t = time.perf_counter()
     audio_emb = audio_embeddings(net, warm)  # frozen from here on: computed once
+    if with_audio and config.ridge_init:  # a closed-form head on the learned embedding, kept where it is better
+        head_state = copy.deepcopy(net.heads["audio"].state_dict())
+        lam = init_ridge(net, {"audio": audio_emb}, warm.masks, targets, val_ndcg_alone)["audio"]
+        if val_ndcg_alone(net, AUDIO) > trained:
+            ridge_lambdas["audio"] = lam
+        else:
+            net.heads["audio"].load_state_dict(head_state)
 
     def fused_loss(idx: list[int]) -> torch.Tensor:
         feats, _, _, masks = warm.batch(idx)
