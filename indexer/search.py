@@ -50,7 +50,9 @@ def _vectors(raw: object) -> dict[str, np.ndarray]:
 
 def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -> Hit | None:
     with index.session() as client:
-        recs = client.retrieve(ITEMS, [point_id(item_id)], with_vectors=vectors, with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, ITEMS), [point_id(item_id)], with_vectors=vectors, with_payload=True
+        )
     if not recs:
         return None
     return Hit(item_id, 1.0, recs[0].payload or {}, _vectors(recs[0].vector))
@@ -81,7 +83,7 @@ def search(
 ) -> list[Hit]:
     with index.session() as client:
         res = client.query_points(
-            ITEMS,
+            index.collection(client, ITEMS),
             query=np.asarray(vector, np.float32).tolist(),
             using=using,
             limit=k,
@@ -95,17 +97,41 @@ def search(
     ]
 
 
-def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool) -> list[Hit]:
+def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool, collection: str = ITEMS) -> list[Hit]:
     if not item_ids:
         return []
     with index.session() as client:
-        recs = client.retrieve(ITEMS, [point_id(i) for i in item_ids], with_vectors=vectors, with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, collection),
+            [point_id(i) for i in item_ids],
+            with_vectors=vectors,
+            with_payload=True,
+        )
     return [Hit(str((r.payload or {}).get("item_id")), 1.0, r.payload or {}, _vectors(r.vector)) for r in recs]
 
 
 def get_user(index: Index, user_id: str) -> tuple[np.ndarray, dict[str, Any]] | None:
     with index.session() as client:
-        recs = client.retrieve(USERS, [user_point_id(user_id)], with_vectors=[CF], with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, USERS), [user_point_id(user_id)], with_vectors=[CF], with_payload=True
+        )
     if not recs:
         return None
     return _vectors(recs[0].vector)[CF], recs[0].payload or {}
+
+
+def payloads(
+    index: Index, collection: str, fields: list[str], query_filter: qm.Filter | None = None
+) -> list[dict[str, Any]]:
+    """The `fields` of every point of a collection matching the filter (a scroll, page by page)."""
+    out: list[dict[str, Any]] = []
+    offset: Any = None
+    with index.session() as client:
+        name = index.collection(client, collection)
+        while True:
+            page, offset = client.scroll(
+                name, scroll_filter=query_filter, limit=1000, offset=offset, with_payload=fields, with_vectors=False
+            )
+            out.extend(p.payload or {} for p in page)
+            if offset is None:
+                return out

@@ -8,11 +8,14 @@ from __future__ import annotations
 import threading
 
 from celery import Celery
+from kombu import Queue
 
 from thaw.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
+    """Uploads go to the `celery` queue, re-embedding chunks to `reembed`; every worker consumes both, taking from
+    them in turn, so a long re-embedding job does not hold back the uploads that arrive while it runs."""
     app = Celery("thaw", broker=settings.celery_broker, include=["workers.tasks"])
     options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.embedded_broker:
@@ -29,6 +32,9 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
+        task_default_queue="celery",
+        task_queues=(Queue("celery"), Queue("reembed")),
+        task_routes={"thaw.reembed_chunk": {"queue": "reembed"}},
         thaw_max_retries=settings.task_max_retries,
     )
     return app
@@ -46,7 +52,12 @@ def start_embedded_worker(app: Celery) -> tuple[threading.Thread, object]:
         hostname="embedded@thaw",
         loglevel="WARNING",
     )
-    thread = threading.Thread(target=worker.start, name="thaw-worker", daemon=True)
+
+    def run() -> None:
+        app.set_current()  # the current app is per thread: retries and signatures sent from tasks use this one
+        worker.start()
+
+    thread = threading.Thread(target=run, name="thaw-worker", daemon=True)
     thread.start()
     return thread, worker
 
