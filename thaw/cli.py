@@ -143,6 +143,9 @@ def reembed(
     filter: Annotated[
         str | None, typer.Option(help='only items whose served payload matches, e.g. {"modalities":"image"}')
     ] = None,
+    max_failed_share: Annotated[
+        float | None, typer.Option(help="share of items allowed to fail without blocking the switch")
+    ] = None,
     resume: Annotated[str | None, typer.Option(help="re-send the pending items of this job, then watch it")] = None,
     url: str = "http://127.0.0.1:8000",
     wait: Annotated[bool, typer.Option(help="watch the job with a progress bar until it finishes")] = True,
@@ -155,7 +158,11 @@ def reembed(
         if resume is not None:
             job_id = _ok(client.post(f"/jobs/{resume}/resume"))["job_id"]
         else:
-            body = {"model_version": model, "filter": json.loads(filter) if filter else None}
+            body = {
+                "model_version": model,
+                "filter": json.loads(filter) if filter else None,
+                "max_failed_share": max_failed_share,
+            }
             started = _ok(client.post("/jobs/reembed", json=body))
             job_id = started["job_id"]
             console.print(f"job [bold]{job_id}[/]: {started['total']} items into {model}, {started['chunks']} chunks")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from thaw.settings import Settings
 
@@ -33,7 +33,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         task_default_queue="celery",
-        task_queues=(Queue("celery"), Queue("reembed")),
+        task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in ("celery", "reembed")),
         task_routes={"thaw.reembed_chunk": {"queue": "reembed"}},
         thaw_max_retries=settings.task_max_retries,
     )
