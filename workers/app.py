@@ -21,7 +21,12 @@ def make_celery(settings: Settings) -> Celery:
     if settings.embedded_broker:
         queue = settings.broker_dir / "queue"
         queue.mkdir(parents=True, exist_ok=True)
-        options = {"data_folder_in": str(queue), "data_folder_out": str(queue), "polling_interval": 0.05}
+        options = {
+            "data_folder_in": str(queue),
+            "data_folder_out": str(queue),
+            "control_folder": str(settings.broker_dir / "control"),  # exchange bindings: per data dir, not the cwd
+            "polling_interval": 0.05,
+        }
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
