@@ -34,7 +34,10 @@ def _resend_unfinished(rt: Runtime, celery: object) -> int:
             celery.send_task("thaw.embed_item", args=[job.item_id, job.job_id])  # type: ignore[attr-defined]
         reembeds = [job_id for job_id, _ in running_reembeds(session)]
     for job_id in reembeds:
-        jobs.send_chunks(celery, job_id, reembed.resume(rt, job_id))
+        try:
+            jobs.send_chunks(celery, job_id, reembed.resume(rt, job_id))
+        except reembed.JobConflictError as exc:
+            log.warning("%s", exc)
     return len(pending) + len(reembeds)
 
 
@@ -45,7 +48,11 @@ def _supervise_reembeds(rt: Runtime, celery: object, stall_seconds: float, stop:
     while not stop.wait(max(1.0, stall_seconds / 4)):
         try:
             for job_id in reembed.stalled_jobs(rt, stall_seconds):
-                chunks = reembed.resume(rt, job_id)
+                try:
+                    chunks = reembed.resume(rt, job_id)
+                except reembed.JobConflictError as exc:  # finished meanwhile, or failed as unresumable
+                    log.warning("%s", exc)
+                    continue
                 jobs.send_chunks(celery, job_id, chunks)
                 log.warning(
                     "re-embedding job %s made no progress for %ss: re-sent %d chunks",

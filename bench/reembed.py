@@ -1,6 +1,7 @@
 """Re-embedding throughput with 1 and 2 `celery worker` processes (real Redis broker, the API under uvicorn, embedded
 Qdrant shared by the processes under a file lock), each next to the raw encoder throughput (`ThawModel.encode` on
-the same items, decoded beforehand, in batches of the chunk size) measured in the same run just before it."""
+the same items, decoded beforehand, in batches of the chunk size, with the same torch thread count as one worker)
+measured in the same run just before it. Runs with torch's default thread count and with one thread per worker."""
 
 from __future__ import annotations
 
@@ -46,8 +47,12 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-def raw_encoder(rt: Runtime, version: str, chunk_size: int) -> dict[str, float]:
+def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dict[str, float]:
     """Items/s of `ThawModel.encode` alone on every catalogue item, decoded from the media store beforehand."""
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
     with Session(rt.engine) as session:
         records = list(session.scalars(select(ItemRecord).order_by(ItemRecord.item_id)))
     t = time.perf_counter()
@@ -59,6 +64,7 @@ def raw_encoder(rt: Runtime, version: str, chunk_size: int) -> dict[str, float]:
     for start in range(0, len(inputs), chunk_size):
         model.encode(inputs[start : start + chunk_size])
     encode_s = time.perf_counter() - t
+    torch.set_num_threads(default)
     return {"items": len(inputs), "items_per_s": round(len(inputs) / encode_s, 2), "decode_s": round(decode_s, 2)}
 
 
@@ -112,8 +118,9 @@ def main() -> None:
     save_version(v1, settings.models_dir)
     v2 = train(ds, split, TrainConfig(epochs=10, seed=1, factors=16), progress=False)  # other vector sizes
     save_version(v2, settings.models_dir)
-    v2.version = ""
-    save_version(v2, settings.models_dir)  # v3: v2's weights, so the 2-worker run does the same work afresh
+    for _ in range(3):  # v3..v5: v2's weights, so every run does the same work into fresh collections
+        v2.version = ""
+        save_version(v2, settings.models_dir)
     items = [i for i in sorted(ds.items) if len(ds.items[i].modalities) == 3][: args.items]
     index_dataset(rt, v1, ds, items)
     import_interactions(rt, ds, split.warm)
@@ -134,18 +141,22 @@ def main() -> None:
     )
     wait_port(api_port)
     control = make_celery(settings).control
+    import torch
+
+    default_threads = torch.get_num_threads()
     runs = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120) as client:
-            for n_workers, version in ((1, "v2"), (2, "v3")):
+            configs = [(1, default_threads), (2, default_threads), (1, 1), (2, 1)]
+            for (n_workers, threads), version in zip(configs, ("v2", "v3", "v4", "v5"), strict=True):
                 load_before = os.getloadavg()[0]
-                raw = raw_encoder(rt, version, args.chunk_size)  # the baseline, measured with no worker running
+                raw = raw_encoder(rt, version, args.chunk_size, threads)  # baseline, with no worker running
                 workers = [
                     subprocess.Popen(
                         [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo", "-c", "1"]
                         + ["--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "WARNING"]
                         + ["-n", f"bench{k}@%h"],
-                        env=env,
+                        env={**env, "OMP_NUM_THREADS": str(threads)},
                         cwd=ROOT,
                     )
                     for k in range(n_workers)
@@ -163,6 +174,7 @@ def main() -> None:
                 runs.append(
                     {
                         "workers": n_workers,
+                        "torch_threads_per_process": threads,
                         "reembed": job,
                         "raw_encoder": raw,
                         "efficiency": round(job["items_per_s"] / raw["items_per_s"], 3),
@@ -182,7 +194,12 @@ def main() -> None:
         "chunk_size": args.chunk_size,
         "modalities": "text + 64x64 image + 3 s audio per item",
         "runs": runs,
-        "speedup_2_vs_1_workers": round(runs[1]["reembed"]["items_per_s"] / runs[0]["reembed"]["items_per_s"], 3),
+        "speedup_2_vs_1_workers": {
+            f"{runs[k]['torch_threads_per_process']} torch threads per process": round(
+                runs[k + 1]["reembed"]["items_per_s"] / runs[k]["reembed"]["items_per_s"], 3
+            )
+            for k in (0, 2)
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -241,6 +241,11 @@ def resume(rt: Runtime, job_id: str) -> list[list[str]]:
             raise JobConflictError(f"job {job_id} is a {job.kind} job, not a re-embedding job")
         if job.status in TERMINAL:
             raise JobConflictError(f"job {job_id} has already {job.status}; nothing to resume")
+        if rj.total is None:  # the process that started it stopped before its items were listed
+            job.status, job.finished_at = "failed", utcnow()
+            job.error = "interrupted while its items were being listed; start a new job"
+            session.commit()
+            raise JobConflictError(f"job {job_id} {job.error}")
         pending = session.scalars(
             select(ReembedItem.item_id)
             .where(ReembedItem.job_id == job_id, ReembedItem.status == "pending")
@@ -259,7 +264,7 @@ def stalled_jobs(rt: Runtime, stall_seconds: float) -> list[str]:
         rows = session.execute(
             select(ReembedJob.job_id, ReembedJob.touched_at)
             .join(Job, Job.job_id == ReembedJob.job_id)
-            .where(Job.status.in_(("queued", "running")), ReembedJob.total.is_not(None))
+            .where(Job.status.in_(("queued", "running")))
         )
         return [job_id for job_id, touched in rows if is_stalled(touched, now, stall_seconds)]
 
@@ -316,9 +321,19 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
             _fail(row, str(exc))
             continue
         todo.append((row, record))
+    try:
+        encoded = model.encode(inputs) if todo else []
+    except Exception:  # find the item the batch fails on; the others go on
+        encoded, kept = [], []
+        for (row, record), inp in zip(todo, inputs, strict=True):
+            try:
+                encoded.append(model.encode([inp])[0])
+                kept.append((row, record))
+            except Exception as exc:
+                _fail(row, f"the {version} encoder failed on it: {type(exc).__name__}: {exc}")
+        todo = kept
     if not todo:
         return
-    encoded = model.encode(inputs)
     cf = cf_vectors(_factors(model), audiences(session, [r.item_id for r, _ in todo]), _reg(model))
     points = []
     for (row, record), enc in zip(todo, encoded, strict=True):
