@@ -302,4 +302,8 @@ def test_embedded_default_failure_share_skip_retention_and_cli(tmp_path: Path, m
         assert runner.invoke(app, ["activate", "v1", "--url", server.url]).exit_code == 1
         result = runner.invoke(app, ["activate", "v2", "--url", server.url])
         assert result.exit_code == 0 and "serving v2 (was v3)" in result.output, result.output
+        result = runner.invoke(app, ["models", "--url", server.url])
+        assert result.exit_code == 0 and "served: v2" in result.output, result.output
+        result = runner.invoke(app, ["reembed", "--resume", second["job_id"], "--url", server.url])
+        assert result.exit_code == 1 and "already succeeded" in result.output, result.output
         assert client.get("/users/u1/recommendations").json()["model_version"] == "v2"
