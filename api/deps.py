@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from indexer.collections import pin_aliases
 from thaw.runtime import Runtime
 
 
@@ -29,3 +30,9 @@ def require_api_key(request: Request) -> None:
         given = auth[7:].strip()
     if not any(secrets.compare_digest(given.encode(), k.encode()) for k in keys):
         raise HTTPException(401, "missing or invalid API key: send X-API-Key or Authorization: Bearer <key>")
+
+
+async def read_one_version() -> None:
+    """Each request reads the version served when it first touches the index, to its end (async, so the pin is
+    set in the request's own context, which FastAPI copies into the worker thread of a sync endpoint)."""
+    pin_aliases()

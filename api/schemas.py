@@ -55,6 +55,29 @@ class ItemPublic(ItemBase):
     job: dict[str, Any] | None = None
 
 
+class ItemFailure(BaseModel):
+    item_id: str
+    error: str
+
+
+class JobProgress(BaseModel):
+    """A re-embedding job's progress: done + failed + pending = total; `skipped` (unchanged content already in the
+    target version) are counted in `done`; `failures` lists the first 100 failed items with their reasons."""
+
+    total: int
+    done: int
+    failed: int
+    pending: int
+    skipped: int
+    items_per_s: float | None = None
+    eta_s: float | None = None
+    source_version: str | None = None
+    target_version: str
+    filter: dict[str, Any] | None = None
+    switched: bool = False
+    failures: list[ItemFailure] = Field(default_factory=list)
+
+
 class JobPublic(BaseModel):
     job_id: str
     kind: str
@@ -66,6 +89,53 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    progress: JobProgress | None = None
+
+
+PayloadMatch = dict[str, str | int | bool]
+
+
+class ReembedCreate(BaseModel):
+    """POST /jobs/reembed: re-embed every item (or those whose served payload matches `filter`) with a version."""
+
+    model_version: str = Field(min_length=1, max_length=64)
+    filter: PayloadMatch | None = None
+    chunk_size: int | None = Field(default=None, ge=1, le=1000)
+    max_failed_share: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class ReembedAccepted(BaseModel):
+    job_id: str
+    model_version: str
+    total: int
+    chunks: int
+
+
+class JobResumed(BaseModel):
+    job_id: str
+    chunks: int
+
+
+class ModelVersionPublic(BaseModel):
+    version: str
+    dim: int | None = None
+    embedding_dims: dict[str, int] = Field(default_factory=dict)
+    indexed: bool  # its items and users collections exist
+    items: int | None = None  # points in its items collection
+    served: bool
+
+
+class ModelVersions(BaseModel):
+    served: str | None  # where the `items`/`users` aliases point: the serving truth
+    model_pointer: str | None  # the models directory's ACTIVE file, which follows the alias
+    running_job: str | None = None
+    versions: list[ModelVersionPublic]
+
+
+class Activated(BaseModel):
+    served: str
+    previous: str | None
+    catch_up_job: str | None = None  # re-embeds, in place, items changed while the version was not served
 
 
 class ScoredItem(BaseModel):

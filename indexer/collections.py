@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from qdrant_client import QdrantClient
@@ -21,8 +23,25 @@ class IndexError_(RuntimeError):
     """The index is missing something a request needs (no active collection, unknown alias)."""
 
 
+# Per-context (one API request) snapshot of where the aliases pointed when first read: {id(index): {alias: name}}.
+_PINNED: ContextVar[dict[int, dict[str, str | None]] | None] = ContextVar("thaw_pinned_aliases", default=None)
+
+
+def pin_aliases() -> None:
+    """From here to the end of the current context (one API request), every `Index` reads the `items` and `users`
+    aliases once, both in the same snapshot, and keeps reading those collections: a request that straddles an alias
+    swap never mixes two versions (whose vector sizes may differ)."""
+    _PINNED.set({})
+
+
 def collection_name(kind: str, version: str) -> str:
     return f"{kind}__{version}"
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Order versions v1 < v2 < v10; names outside the vN scheme sort first, by name."""
+    match = re.fullmatch(r"v(\d+)", version)
+    return (int(match.group(1)), "") if match else (-1, version)
 
 
 class Index:
@@ -76,6 +95,22 @@ class Index:
                 finally:
                     client.close()
                     fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def resolved(self, client: QdrantClient, alias: str) -> str | None:
+        """The collection `alias` names, from the pinned snapshot when the context has one."""
+        pinned = _PINNED.get()
+        if pinned is None:
+            return resolve_alias(client, alias)
+        snapshot = pinned.get(id(self))
+        if snapshot is None:
+            snapshot = pinned[id(self)] = {a: resolve_alias(client, a) for a in (ITEMS, USERS)}
+        return snapshot[alias] if alias in snapshot else resolve_alias(client, alias)
+
+    def collection(self, client: QdrantClient, name: str) -> str:
+        """What to pass to Qdrant for `name`: a concrete collection as is; an alias as pinned (or itself)."""
+        if name in (ITEMS, USERS) and _PINNED.get() is not None:
+            return self.resolved(client, name) or name
+        return name
 
     def close(self) -> None:
         with self._lock:
@@ -134,9 +169,44 @@ def activate(index: Index, version: str) -> None:
                 ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=kind)))
             ops.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=kind)))
         client.update_collection_aliases(change_aliases_operations=ops)
+    pinned = _PINNED.get()
+    if pinned is not None:  # the request that swapped reads the new state from here on
+        pinned.pop(id(index), None)
 
 
 def active_collection_version(index: Index) -> str | None:
+    """The served version: the one the `items` alias points at (pinned within a request)."""
     with index.session() as client:
-        target = resolve_alias(client, ITEMS)
+        target = index.resolved(client, ITEMS)
     return target.split("__", 1)[1] if target else None
+
+
+def indexed_versions(index: Index) -> list[str]:
+    """Versions whose items and users collections both exist, oldest first."""
+    with index.session() as client:
+        names = {c.name for c in client.get_collections().collections}
+    prefix = f"{ITEMS}__"
+    found = [n[len(prefix) :] for n in names if n.startswith(prefix)]
+    return sorted((v for v in found if collection_name(USERS, v) in names), key=version_key)
+
+
+def versions_to_remove(versions: Sequence[str], keep: int, protected: Collection[str]) -> list[str]:
+    """Keep-N retention: every protected version stays, then the newest others until `keep` are kept; the rest go
+    (oldest first)."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    kept = {v for v in versions if v in protected}
+    for version in sorted(versions, key=version_key, reverse=True):
+        if len(kept) >= keep:
+            break
+        kept.add(version)
+    return [v for v in sorted(versions, key=version_key) if v not in kept]
+
+
+def remove_versions(index: Index, versions: Sequence[str]) -> None:
+    """Delete the items and users collections of each version (idempotent)."""
+    with index.session() as client:
+        for version in versions:
+            for kind in (ITEMS, USERS):
+                if client.collection_exists(collection_name(kind, version)):
+                    client.delete_collection(collection_name(kind, version))

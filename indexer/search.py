@@ -69,7 +69,9 @@ def _hits(points: list[Any]) -> list[Hit]:
 
 def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -> Hit | None:
     with index.session() as client:
-        recs = client.retrieve(ITEMS, [point_id(item_id)], with_vectors=vectors, with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, ITEMS), [point_id(item_id)], with_vectors=vectors, with_payload=True
+        )
     if not recs:
         return None
     return Hit(item_id, 1.0, recs[0].payload or {}, _vectors(recs[0].vector))
@@ -102,7 +104,7 @@ def search(
     """The k items nearest to `vector` by the named vector `using`; `with_vectors=True` returns CF and content."""
     with index.session() as client:
         res = client.query_points(
-            collection,
+            index.collection(client, collection),
             query=np.asarray(vector, np.float32).tolist(),
             using=using,
             limit=k,
@@ -125,7 +127,7 @@ def top_by(
     """The k items with the largest integer payload `key` (e.g. `interactions`; needs its payload index)."""
     with index.session() as client:
         res = client.query_points(
-            collection,
+            index.collection(client, collection),
             query=qm.OrderByQuery(order_by=qm.OrderBy(key=key, direction=qm.Direction.DESC)),
             limit=k,
             query_filter=query_filter,
@@ -146,7 +148,7 @@ def sample(
     """k items drawn at random by Qdrant (not seeded)."""
     with index.session() as client:
         res = client.query_points(
-            collection,
+            index.collection(client, collection),
             query=qm.SampleQuery(sample=qm.Sample.RANDOM),
             limit=k,
             query_filter=query_filter,
@@ -158,20 +160,44 @@ def sample(
 
 def count(index: Index, query_filter: qm.Filter | None = None, *, collection: str = ITEMS) -> int:
     with index.session() as client:
-        return int(client.count(collection, count_filter=query_filter, exact=True).count)
+        return int(client.count(index.collection(client, collection), count_filter=query_filter, exact=True).count)
 
 
 def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool, collection: str = ITEMS) -> list[Hit]:
     if not item_ids:
         return []
     with index.session() as client:
-        recs = client.retrieve(collection, [point_id(i) for i in item_ids], with_vectors=vectors, with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, collection),
+            [point_id(i) for i in item_ids],
+            with_vectors=vectors,
+            with_payload=True,
+        )
     return _hits(recs)
 
 
 def get_user(index: Index, user_id: str, *, collection: str = USERS) -> tuple[np.ndarray, dict[str, Any]] | None:
     with index.session() as client:
-        recs = client.retrieve(collection, [user_point_id(user_id)], with_vectors=[CF], with_payload=True)
+        recs = client.retrieve(
+            index.collection(client, collection), [user_point_id(user_id)], with_vectors=[CF], with_payload=True
+        )
     if not recs:
         return None
     return _vectors(recs[0].vector)[CF], recs[0].payload or {}
+
+
+def payloads(
+    index: Index, collection: str, fields: list[str], query_filter: qm.Filter | None = None
+) -> list[dict[str, Any]]:
+    """The `fields` of every point of a collection matching the filter (a scroll, page by page)."""
+    out: list[dict[str, Any]] = []
+    offset: Any = None
+    with index.session() as client:
+        name = index.collection(client, collection)
+        while True:
+            page, offset = client.scroll(
+                name, scroll_filter=query_filter, limit=1000, offset=offset, with_payload=fields, with_vectors=False
+            )
+            out.extend(p.payload or {} for p in page)
+            if offset is None:
+                return out

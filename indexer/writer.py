@@ -24,36 +24,50 @@ def _vec(v: np.ndarray) -> list[float]:
     return np.asarray(v, dtype=np.float32).tolist()
 
 
-def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, keep_cf: bool = True) -> None:
-    """Write items; with `keep_cf` an item that already has a learned CF vector and interaction count keeps them
-    (a re-upload replaces content, not the interactions the item has earned)."""
+def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, keep_cf: bool = True) -> list[str]:
+    """Write items; returns the ids written. With `keep_cf` an item that already has a learned CF vector and
+    interaction count keeps them (a re-upload replaces content, not the interactions the item has earned). A point
+    whose payload carries a `revision` never replaces a stored point of a newer revision: a slow re-embedding of an
+    item cannot overwrite the vectors of a newer upload (read and write share one session, which holds the storage
+    lock in embedded modes)."""
     if not points:
-        return
+        return []
     ids = [point_id(p.item_id) for p in points]
+    guarded = any("revision" in p.payload for p in points)
     with index.session() as client:
+        target = index.collection(client, collection)
         existing = {}
-        if keep_cf:
-            for rec in client.retrieve(collection, ids, with_vectors=[CF], with_payload=["interactions"]):
-                existing[str(rec.id)] = rec
-        structs = []
+        if keep_cf or guarded:
+            recs = client.retrieve(
+                target, ids, with_vectors=[CF] if keep_cf else False, with_payload=["interactions", "revision"]
+            )
+            existing = {str(rec.id): rec for rec in recs}
+        structs, written = [], []
         for pid, p in zip(ids, points, strict=True):
+            old = existing.get(pid)
+            old_payload = (old.payload or {}) if old is not None else {}
+            if "revision" in p.payload and int(old_payload.get("revision", 0)) > int(p.payload["revision"]):
+                continue
             vectors = {name: _vec(v) for name, v in p.vectors.items()}
             payload = dict(p.payload, item_id=p.item_id)
-            old = existing.get(pid)
-            if old is not None and CF not in vectors and isinstance(old.vector, dict) and CF in old.vector:
+            if keep_cf and old is not None and CF not in vectors and isinstance(old.vector, dict) and CF in old.vector:
                 vectors[CF] = list(old.vector[CF])  # type: ignore[arg-type]
-                payload["interactions"] = (old.payload or {}).get("interactions", payload.get("interactions", 0))
+                payload["interactions"] = old_payload.get("interactions", payload.get("interactions", 0))
             payload.setdefault("interactions", 0)
             structs.append(qm.PointStruct(id=pid, vector=vectors, payload=payload))  # type: ignore[arg-type]
-        client.upsert(collection, points=structs, wait=True)
+            written.append(p.item_id)
+        if structs:
+            client.upsert(target, points=structs, wait=True)
+    return written
 
 
 def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, interactions: int) -> None:
     """Move an item towards its learned CF vector as it gains interactions (vector + count, nothing else)."""
     pid = point_id(item_id)
     with index.session() as client:
-        client.update_vectors(collection, points=[qm.PointVectors(id=pid, vector={CF: _vec(cf)})], wait=True)
-        client.set_payload(collection, payload={"interactions": interactions}, points=[pid], wait=True)
+        name = index.collection(client, collection)
+        client.update_vectors(name, points=[qm.PointVectors(id=pid, vector={CF: _vec(cf)})], wait=True)
+        client.set_payload(name, payload={"interactions": interactions}, points=[pid], wait=True)
 
 
 def upsert_users(
@@ -64,5 +78,6 @@ def upsert_users(
         for u, v, p in zip(user_ids, vectors, payloads, strict=True)
     ]
     with index.session() as client:
+        name = index.collection(client, collection)
         for start in range(0, len(structs), 512):
-            client.upsert(collection, points=structs[start : start + 512], wait=True)
+            client.upsert(name, points=structs[start : start + 512], wait=True)

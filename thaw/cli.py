@@ -1,4 +1,5 @@
-"""The `thaw` command line: train, serve, ingest, demo (the entry point that reads settings)."""
+"""The `thaw` command line: train, serve, ingest, reembed, models, activate, demo (the entry point that reads
+settings)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import httpx
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -91,6 +96,119 @@ def ingest(
         if wait:
             job = wait_job(client, job["job_id"])
         console.print_json(json.dumps(job))
+
+
+def _api(url: str) -> httpx.Client:
+    import httpx
+
+    headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
+    return httpx.Client(base_url=url, timeout=60, headers=headers)
+
+
+def _ok(resp: httpx.Response) -> dict[str, Any]:
+    if resp.status_code >= 400:
+        console.print(f"[red]{resp.status_code}[/] {resp.json().get('detail', resp.text)}")
+        raise typer.Exit(1)
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _watch(client: httpx.Client, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+    """A progress bar over a re-embedding job until it finishes; returns the final job."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[figures]}"), console=console) as bar:
+        task = bar.add_task(f"re-embedding ({job_id})", total=None, figures="")
+        while True:
+            job = _ok(client.get(f"/jobs/{job_id}"))
+            p = job.get("progress") or {}
+            rate, eta = p.get("items_per_s"), p.get("eta_s")
+            figures = f"{rate} items/s, ETA {eta} s" if rate is not None else "waiting for workers"
+            bar.update(
+                task,
+                total=p.get("total"),
+                completed=p.get("done", 0) + p.get("failed", 0),
+                description=f"{p.get('source_version')} -> {p.get('target_version')}",
+                figures=f"{figures}, {p.get('failed', 0)} failed",
+            )
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            time.sleep(poll_s)
+
+
+@app.command()
+def reembed(
+    model: Annotated[str | None, typer.Option("--model", help="model version to re-embed every item with")] = None,
+    filter: Annotated[
+        str | None, typer.Option(help='only items whose served payload matches, e.g. {"modalities":"image"}')
+    ] = None,
+    max_failed_share: Annotated[
+        float | None, typer.Option(help="share of items allowed to fail without blocking the switch")
+    ] = None,
+    resume: Annotated[str | None, typer.Option(help="re-send the pending items of this job, then watch it")] = None,
+    url: str = "http://127.0.0.1:8000",
+    wait: Annotated[bool, typer.Option(help="watch the job with a progress bar until it finishes")] = True,
+) -> None:
+    """Re-embed the catalogue with a model version on the workers while the service keeps answering; when every
+    item is done the served version switches atomically (roll back with `thaw activate`)."""
+    if (model is None) == (resume is None):
+        raise typer.BadParameter("give --model VERSION to start a job, or --resume JOB_ID to resume one")
+    with _api(url) as client:
+        if resume is not None:
+            job_id = _ok(client.post(f"/jobs/{resume}/resume"))["job_id"]
+        else:
+            body = {
+                "model_version": model,
+                "filter": json.loads(filter) if filter else None,
+                "max_failed_share": max_failed_share,
+            }
+            started = _ok(client.post("/jobs/reembed", json=body))
+            job_id = started["job_id"]
+            console.print(f"job [bold]{job_id}[/]: {started['total']} items into {model}, {started['chunks']} chunks")
+        if not wait:
+            return
+        job = _watch(client, job_id)
+    p = job["progress"]
+    if p["failures"]:
+        table = Table(title=f"{p['failed']} failed items" + (" (first 100)" if p["failed"] > 100 else ""))
+        table.add_column("item")
+        table.add_column("reason")
+        for failure in p["failures"]:
+            table.add_row(failure["item_id"], failure["error"])
+        console.print(table)
+    verdict = "switched to" if p["switched"] else "filled"
+    counts = f"{p['done']} done ({p['skipped']} unchanged), {p['failed']} failed"
+    console.print(f"{job['status']}: {counts}; {verdict} {p['target_version']}")
+    if job.get("error"):
+        console.print(job["error"])
+    if job["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(url: str = "http://127.0.0.1:8000") -> None:
+    """List model versions: vector sizes, whether indexed (points), which is served."""
+    with _api(url) as client:
+        listing = _ok(client.get("/models"))
+    table = Table(title=f"served: {listing['served']} (ACTIVE pointer: {listing['model_pointer']})")
+    for col in ("version", "dim", "indexed", "items", "served"):
+        table.add_column(col)
+    for v in listing["versions"]:
+        table.add_row(v["version"], str(v["dim"]), str(v["indexed"]), str(v["items"] or ""), "*" if v["served"] else "")
+    console.print(table)
+    if listing["running_job"]:
+        console.print(f"re-embedding job running: {listing['running_job']}")
+
+
+@app.command()
+def activate(version: str, url: str = "http://127.0.0.1:8000") -> None:
+    """Serve a kept model version at once (rollback): one atomic alias swap."""
+    with _api(url) as client:
+        done = _ok(client.post(f"/models/{version}/activate"))
+    console.print(f"serving {done['served']} (was {done['previous']})")
+    if done["catch_up_job"]:
+        console.print(f"catch-up job {done['catch_up_job']} re-embeds items changed since; watch it with GET /jobs/ID")
 
 
 @app.command()

@@ -6,7 +6,21 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -43,6 +57,36 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReembedJob(Base):
+    """What a re-embedding job (the `jobs` row of kind "reembed" with the same id) was asked to do."""
+
+    __tablename__ = "reembed_jobs"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    target_version: Mapped[str] = mapped_column(String(64))
+    source_version: Mapped[str | None] = mapped_column(String(64))  # served when the job started
+    filter: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    total: Mapped[int | None] = mapped_column(Integer)  # None until the item list is recorded
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    max_failed_share: Mapped[float] = mapped_column(Float)
+    keep_versions: Mapped[int] = mapped_column(Integer)
+    switched: Mapped[bool] = mapped_column(Boolean, default=False)
+    touched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # last sign of life
+
+
+class ReembedItem(Base):
+    """One item of a re-embedding job: pending -> done | failed (with the reason); resume and counts read these."""
+
+    __tablename__ = "reembed_items"
+    __table_args__ = (Index("ix_reembed_items_job_status", "job_id", "status"),)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False)  # unchanged content already in the version
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Interaction(Base):
@@ -119,3 +163,33 @@ def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str,
 def item_audience(session: Session, item_id: str) -> list[tuple[str, float]]:
     rows = session.execute(select(Interaction.user_id, Interaction.weight).where(Interaction.item_id == item_id))
     return [(user, float(w)) for user, w in rows]
+
+
+def audiences(session: Session, item_ids: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """Each item's (user, weight) events, for many items in one query."""
+    out: dict[str, list[tuple[str, float]]] = {i: [] for i in item_ids}
+    for start in range(0, len(item_ids), 500):
+        rows = session.execute(
+            select(Interaction.item_id, Interaction.user_id, Interaction.weight).where(
+                Interaction.item_id.in_(item_ids[start : start + 500])
+            )
+        )
+        for item, user, w in rows:
+            out[item].append((user, float(w)))
+    return out
+
+
+def interaction_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Interaction.item_id, func.count()).group_by(Interaction.item_id))
+    return {item: int(n) for item, n in rows}
+
+
+def running_reembeds(session: Session) -> list[tuple[str, str]]:
+    """(job id, target version) of the unfinished re-embedding jobs: uploads are embedded with those versions too."""
+    rows = session.execute(
+        select(ReembedJob.job_id, ReembedJob.target_version)
+        .join(Job, Job.job_id == ReembedJob.job_id)
+        .where(Job.status.in_(("queued", "running")))
+        .order_by(Job.created_at)
+    )
+    return [(job_id, target) for job_id, target in rows]

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     task_max_retries: int = 5
     broker_visibility_timeout: int = 3600
     environment: str = "development"
+    reembed_chunk_size: int = 32  # items per re-embedding task
+    reembed_max_failed_share: float = 0.01  # a job whose failed items exceed this share does not switch versions
+    reembed_stall_seconds: float = 300.0  # a job with no progress for this long has its pending chunks re-sent
+    keep_versions: int = 3  # versions whose collections are kept after a switch (serving, target, previous always)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -43,6 +47,14 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.max_upload_bytes <= 0:
             raise ValueError(f"THAW_MAX_UPLOAD_BYTES must be positive, got {self.max_upload_bytes}")
+        if self.reembed_chunk_size < 1:
+            raise ValueError(f"THAW_REEMBED_CHUNK_SIZE must be at least 1, got {self.reembed_chunk_size}")
+        if not 0.0 <= self.reembed_max_failed_share <= 1.0:
+            raise ValueError(f"THAW_REEMBED_MAX_FAILED_SHARE must be in [0, 1], got {self.reembed_max_failed_share}")
+        if self.reembed_stall_seconds <= 0:
+            raise ValueError(f"THAW_REEMBED_STALL_SECONDS must be positive, got {self.reembed_stall_seconds}")
+        if self.keep_versions < 1:
+            raise ValueError(f"THAW_KEEP_VERSIONS must be at least 1, got {self.keep_versions}")
         if self.environment != "development" and not self.api_keys:
             raise ValueError("THAW_API_KEYS must be set outside development (THAW_ENVIRONMENT)")
         if any(k in ("changethis", "secret") for k in self.api_keys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -12,10 +14,17 @@ import numpy as np
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from indexer.collections import ITEMS, USERS, activate, ensure_collections
+from indexer.collections import (
+    ITEMS,
+    USERS,
+    IndexError_,
+    active_collection_version,
+    collection_name,
+    ensure_collections,
+)
 from indexer.writer import ItemPoint, upsert_items, upsert_users
 from thaw.datasets import Dataset
-from thaw.db import ItemRecord, Job, utcnow
+from thaw.db import ItemRecord, Job, running_reembeds, utcnow
 from thaw.runtime import Runtime
 from thaw.schema import CF, CONTENT, MODALITIES, item_tags, item_text
 from workers.media import MediaError, decode_audio, decode_image
@@ -54,6 +63,34 @@ def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
     return ItemInput(record.item_id, text=text, image=image, audio=audio, tags=item_tags(record.metadata_ or {}))
 
 
+def content_hash(metadata: dict[str, Any], media: dict[str, str]) -> str:
+    """What an item's vectors of one model version are a function of: its metadata and its originals' sha256s.
+    Stored in the point's payload, so re-embedding an unchanged item into a version that holds it is skipped."""
+    canonical = json.dumps({"metadata": metadata, "media": media}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_payload(record: ItemRecord) -> dict[str, Any]:
+    """The payload an item's record contributes to its point in any version."""
+    return {
+        "metadata": record.metadata_,
+        "created_at": record.created_at.isoformat(),
+        "revision": record.revision,
+        "content_hash": content_hash(record.metadata_ or {}, record.media or {}),
+    }
+
+
+def write_versions(rt: Runtime, session: Session) -> list[str]:
+    """The versions an upload is embedded with: the served one, then every version a re-embedding job is filling.
+    The jobs are read before the alias: a job that finishes in between has already swapped the alias to its
+    target, so no write is lost at the switch."""
+    targets = [target for _, target in running_reembeds(session)]
+    served = active_collection_version(rt.index)
+    if served is None:
+        raise IndexError_("no collection is served yet: index a model version first (thaw train)")
+    return [served, *(t for t in targets if t != served)]
+
+
 def item_point(model: ThawModel, item_id: str, encoded: EncodedItem, extra: dict[str, Any]) -> ItemPoint:
     vectors: dict[str, np.ndarray] = {CONTENT: encoded.content, **encoded.embeddings}
     payload = {
@@ -71,8 +108,9 @@ def _finish(session: Session, job: Job, status: str, error: str | None = None) -
 
 
 def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
-    """Embed one uploaded item with the active model. Idempotent: a repeat overwrites the same point, and a job
-    whose item was re-uploaded since (a newer revision) is finished without writing stale vectors."""
+    """Embed one uploaded item with the served model version, and with the target version of any running
+    re-embedding job (each into its own collection). Idempotent: a repeat overwrites the same point, and a job whose
+    item was re-uploaded since (a newer revision) is finished without writing stale vectors."""
     with Session(rt.engine) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -88,11 +126,13 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
             if record.revision > job.revision:
                 _finish(session, job, "succeeded", "superseded by a newer upload of the same item")
                 return job.status
-            model = rt.model()
-            encoded = model.encode([item_input(rt, record)])[0]
-            extra = {"metadata": record.metadata_, "created_at": record.created_at.isoformat()}
-            upsert_items(rt.index, ITEMS, [item_point(model, item_id, encoded, extra)])
-            job.model_version = model.version
+            versions = write_versions(rt, session)
+            inp = item_input(rt, record)
+            for version in versions:
+                model = rt.model(version)
+                point = item_point(model, item_id, model.encode([inp])[0], record_payload(record))
+                upsert_items(rt.index, collection_name(ITEMS, version), [point])
+            job.model_version = versions[0]
         except PermanentError as exc:
             _finish(session, job, "failed", str(exc))
             log.warning("job %s failed: %s", job_id, exc)
@@ -116,9 +156,10 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
 def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence[str], *, batch_size: int = 32) -> int:
     """Bootstrap a model version's collections from a dataset: keep each item's originals in the media store and
     its record in the database, write its content vectors, the warm items' learned CF vectors and interaction
-    counts, and the users' factors; then point the aliases at this version. Returns the items indexed."""
+    counts, and the users' factors; then serve this version (aliases, then ACTIVE). The model must be saved in the
+    models directory. Returns the items indexed."""
     ensure_collections(rt.index, model.version, model.dim, model.embedding_dims)
-    items_coll, users_coll = f"{ITEMS}__{model.version}", f"{USERS}__{model.version}"
+    items_coll, users_coll = collection_name(ITEMS, model.version), collection_name(USERS, model.version)
     warm = {item: i for i, item in enumerate(model.item_ids)}
     counts = Counter(ds.interactions.item_ids.tolist())
     records: list[ItemRecord] = []
@@ -130,9 +171,9 @@ def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence
                 media[modality] = rt.store.put(item_id, modality, path.read_bytes()).sha256
         records.append(ItemRecord(item_id=item_id, metadata_=item.fields, media=media))
     with Session(rt.engine) as session:
-        for rec in records:
-            session.merge(rec)
+        records = [session.merge(rec) for rec in records]
         session.commit()
+        payloads = {rec.item_id: record_payload(rec) for rec in records}
     for start in tqdm(range(0, len(records), batch_size), desc="index", unit="batch", disable=None):
         chunk = records[start : start + batch_size]
         inputs = []
@@ -143,12 +184,12 @@ def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence
                 log.warning("skipping %s: %s", rec.item_id, exc)
         points = []
         for inp, enc in zip(inputs, model.encode(inputs) if inputs else [], strict=True):
-            point = item_point(model, inp.item_id, enc, {"metadata": ds.items[inp.item_id].fields})
+            point = item_point(model, inp.item_id, enc, payloads[inp.item_id])
             if inp.item_id in warm:
                 point.vectors[CF] = model.item_factors[warm[inp.item_id]]
                 point.payload["interactions"] = counts[inp.item_id]
             points.append(point)
         upsert_items(rt.index, items_coll, points, keep_cf=False)
     upsert_users(rt.index, users_coll, model.user_ids, model.user_factors, [{"source": "als"}] * len(model.user_ids))
-    activate(rt.index, model.version)
+    rt.activate(model.version)
     return len(records)

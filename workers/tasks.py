@@ -8,7 +8,7 @@ from celery import Task, shared_task
 
 from thaw.runtime import Runtime
 from thaw.settings import Settings
-from workers import pipeline
+from workers import pipeline, reembed
 
 log = logging.getLogger(__name__)
 _runtime: Runtime | None = None
@@ -38,4 +38,18 @@ def embed_item(self: Task, item_id: str, job_id: str) -> str:
             pipeline.fail_job(runtime(), job_id, f"gave up after {limit} retries: {type(exc).__name__}: {exc}")
             log.exception("job %s failed permanently", job_id)
             return "failed"
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
+
+
+@shared_task(bind=True, name="thaw.reembed_chunk", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def reembed_chunk(self: Task, job_id: str, item_ids: list[str]) -> str:
+    """Re-embed a chunk of a job's items (pending ones only; an empty chunk just tries to finalize the job)."""
+    try:
+        return reembed.run_chunk(runtime(), job_id, item_ids)
+    except Exception as exc:
+        limit = int(self.app.conf.get("thaw_max_retries", 5))
+        if self.request.retries >= limit:
+            log.exception("re-embedding chunk of job %s failed permanently", job_id)
+            reason = f"gave up after {limit} retries: {type(exc).__name__}: {exc}"
+            return reembed.fail_items(runtime(), job_id, item_ids, reason)
         raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc

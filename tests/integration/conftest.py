@@ -18,7 +18,7 @@ import pytest
 
 from thaw.demo import wait_job
 
-__all__ = ["Worker", "wait_job"]
+__all__ = ["ApiServer", "RedisServer", "Worker", "wait_job"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,21 +39,40 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+class RedisServer:
+    """`redis-server` on a free loopback port, without persistence; `restart()` loses every queued message, as a
+    broker restart does."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
+        self.exe, self.workdir, self.port = exe, workdir, _free_port()
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([self.exe, *args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        _wait_port(self.port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-    port = _free_port()
-    work = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(work)],
-        stdout=subprocess.DEVNULL,
-    )
-    _wait_port(port)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -133,28 +152,42 @@ class Worker:
                 self.kill()
 
 
+class ApiServer:
+    """The API served by uvicorn in its own process."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:create_app",
+                "--factory",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        _wait_port(self.port, 60)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
 @pytest.fixture(scope="session")
 def api_url(service_env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:create_app",
-            "--factory",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=service_env,
-        cwd=ROOT,
-    )
-    _wait_port(port, 60)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(20)
+    server = ApiServer(service_env)
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,210 @@
+"""Re-embedding throughput with 1 and 2 `celery worker` processes (real Redis broker, the API under uvicorn, embedded
+Qdrant shared by the processes under a file lock), each next to the raw encoder throughput (`ThawModel.encode` on
+the same items, decoded beforehand, in batches of the chunk size, with the same torch thread count as one worker)
+measured in the same run just before it. Runs with torch's default thread count and with one thread per worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+from encoders.artifacts import ThawModel, save_version  # noqa: E402
+from encoders.training import TrainConfig, train  # noqa: E402
+from thaw.datasets import load_dataset, split_items  # noqa: E402
+from thaw.db import ItemRecord  # noqa: E402
+from thaw.demo import free_port, import_interactions, upload  # noqa: E402
+from thaw.runtime import Runtime  # noqa: E402
+from thaw.settings import Settings  # noqa: E402
+from workers.app import make_celery  # noqa: E402
+from workers.pipeline import index_dataset, item_input  # noqa: E402
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dict[str, float]:
+    """Items/s of `ThawModel.encode` alone on every catalogue item, decoded from the media store beforehand."""
+    import torch
+
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with Session(rt.engine) as session:
+        records = list(session.scalars(select(ItemRecord).order_by(ItemRecord.item_id)))
+    t = time.perf_counter()
+    inputs = [item_input(rt, r) for r in records]
+    decode_s = time.perf_counter() - t
+    model = ThawModel.load(rt.models_dir / version)
+    model.encode(inputs[:2])  # warm-up
+    t = time.perf_counter()
+    for start in range(0, len(inputs), chunk_size):
+        model.encode(inputs[start : start + chunk_size])
+    encode_s = time.perf_counter() - t
+    torch.set_num_threads(default)
+    return {"items": len(inputs), "items_per_s": round(len(inputs) / encode_s, 2), "decode_s": round(decode_s, 2)}
+
+
+def finished(client: httpx.Client, job_id: str, timeout: float = 3600) -> dict[str, Any]:
+    """Poll twice a second: on 2 cores a tight polling loop would take CPU from the workers being measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
+
+
+def run_job(client: httpx.Client, version: str) -> dict[str, Any]:
+    """One re-embedding job; its duration is the API's own record, from the POST to the alias swap."""
+    started = client.post("/jobs/reembed", json={"model_version": version})
+    started.raise_for_status()
+    job = finished(client, started.json()["job_id"])
+    p = job["progress"]
+    if job["status"] != "succeeded" or p["failed"] or p["skipped"] or not p["switched"]:
+        raise RuntimeError(f"re-embedding job did not do the full work: {job}")
+    wall = (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])).total_seconds()
+    return {"items": p["total"], "wall_s": round(wall, 2), "items_per_s": round(p["total"] / wall, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=200, help="catalogue items (text + image + audio each)")
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    redis_exe = shutil.which("redis-server")
+    if redis_exe is None:
+        sys.exit("needs redis-server (Debian package redis-server)")
+    root = Path(tempfile.mkdtemp(prefix="thaw-bench-reembed-"))
+    from thaw.synthetic import generate_catalog
+
+    ds = load_dataset(generate_catalog(root / "catalog", n_items=400, n_users=300, seed=1))
+    split = split_items(ds, seed=0)
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    redis = subprocess.Popen(
+        [redis_exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(root)],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_port(port)
+    settings = Settings(data_dir=root / "state", broker_url=broker, reembed_chunk_size=args.chunk_size)
+    rt = Runtime.from_settings(settings)
+    v1 = train(ds, split, TrainConfig(epochs=10), progress=False)
+    save_version(v1, settings.models_dir)
+    v2 = train(ds, split, TrainConfig(epochs=10, seed=1, factors=16), progress=False)  # other vector sizes
+    save_version(v2, settings.models_dir)
+    for _ in range(3):  # v3..v5: v2's weights, so every run does the same work into fresh collections
+        v2.version = ""
+        save_version(v2, settings.models_dir)
+    items = [i for i in sorted(ds.items) if len(ds.items[i].modalities) == 3][: args.items]
+    index_dataset(rt, v1, ds, items)
+    import_interactions(rt, ds, split.warm)
+    env = {
+        **os.environ,
+        "THAW_DATA_DIR": str(settings.data_dir),
+        "THAW_BROKER_URL": broker,
+        "THAW_REEMBED_CHUNK_SIZE": str(args.chunk_size),
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    api_port = free_port()
+    api = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(api_port)]
+        + ["--log-level", "warning"],
+        env=env,
+        cwd=ROOT,
+    )
+    wait_port(api_port)
+    control = make_celery(settings).control
+    import torch
+
+    default_threads = torch.get_num_threads()
+    runs = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120) as client:
+            configs = [(1, default_threads), (2, default_threads), (1, 1), (2, 1)]
+            for (n_workers, threads), version in zip(configs, ("v2", "v3", "v4", "v5"), strict=True):
+                load_before = os.getloadavg()[0]
+                raw = raw_encoder(rt, version, args.chunk_size, threads)  # baseline, with no worker running
+                workers = [
+                    subprocess.Popen(
+                        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo", "-c", "1"]
+                        + ["--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "WARNING"]
+                        + ["-n", f"bench{k}@%h"],
+                        env={**env, "OMP_NUM_THREADS": str(threads)},
+                        cwd=ROOT,
+                    )
+                    for k in range(n_workers)
+                ]
+                while len(control.ping(timeout=1.0) or []) < n_workers:
+                    pass
+                # warm-up: each worker loads the backbones on its first upload (the same items in both runs)
+                warm = [upload(client, ds.items[i]) for i in items[: 2 * n_workers]]
+                for job_id in warm:
+                    finished(client, job_id, timeout=600)
+                job = run_job(client, version)
+                for w in workers:
+                    w.terminate()
+                    w.wait(60)
+                runs.append(
+                    {
+                        "workers": n_workers,
+                        "torch_threads_per_process": threads,
+                        "reembed": job,
+                        "raw_encoder": raw,
+                        "efficiency": round(job["items_per_s"] / raw["items_per_s"], 3),
+                        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                    }
+                )
+                print(json.dumps(runs[-1]))
+    finally:
+        api.terminate()
+        api.wait(30)
+        redis.terminate()
+        redis.wait(10)
+        rt.close()
+    result = {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "items": args.items,
+        "chunk_size": args.chunk_size,
+        "modalities": "text + 64x64 image + 3 s audio per item",
+        "runs": runs,
+        "speedup_2_vs_1_workers": {
+            f"{runs[k]['torch_threads_per_process']} torch threads per process": round(
+                runs[k + 1]["reembed"]["items_per_s"] / runs[k]["reembed"]["items_per_s"], 3
+            )
+            for k in (0, 2)
+        },
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
