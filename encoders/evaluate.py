@@ -129,13 +129,16 @@ def run_protocol(
     factor_row = {item: i for i, item in enumerate(model.item_ids)}
     warm_factors = model.item_factors[[factor_row[i] for i in warm_ids]]
 
-    def ridge_baseline(name: str, x: Callable[[Table], np.ndarray]) -> float:
-        """ALS + a closed-form ridge map from features `x` onto the warm items' factors, lambda tuned on cold
-        validation; scores the cold test items and returns the lambda chosen."""
-        x_warm = x(warm)
+    def ridge_baseline(name: str, modality: str, x: Callable[[Table], np.ndarray]) -> float:
+        """ALS + a closed-form ridge map from features `x` onto the factors of the warm items that have `modality`,
+        lambda tuned on cold validation; a cold item without the modality is predicted as zero, as Thaw's
+        single-modality ablations do. Scores the cold test items and returns the lambda chosen."""
+        col = MODALITY_ORDER.index(modality)
+        have = warm.masks[:, col].numpy()
+        x_warm = x(warm)[have]
 
         def rank(lam: float, table: Table, pos: dict[str, set[str]]) -> dict[str, list[str]]:
-            pred = x(table) @ _ridge(x_warm, warm_factors, lam)
+            pred = (x(table) @ _ridge(x_warm, warm_factors[have], lam)) * table.masks[:, col].numpy()[:, None]
             return {u: rank_by_scores(pred @ model.user_factors[uix[u]], table.ids) for u in pos}
 
         grid = {
@@ -146,12 +149,14 @@ def run_protocol(
         score(name, rank(best, test, positives))
         return best
 
-    best_lam = ridge_baseline("ridge", lambda table: table.feats["text"].numpy())
+    best_lam = ridge_baseline("ridge", "text", lambda table: table.feats["text"].numpy())
     if test.masks[:, MODALITY_ORDER.index("audio")].any():
-        mfcc_warm = mfcc_stats(warm)
+        mfcc_warm = mfcc_stats(warm)[warm.masks[:, MODALITY_ORDER.index("audio")].numpy()]
         mu, sd = mfcc_warm.mean(0), mfcc_warm.std(0) + 1e-6
         ridge_baseline(
-            "mfcc_ridge", lambda table: np.hstack([(mfcc_stats(table) - mu) / sd, np.ones((len(table.ids), 1))])
+            "mfcc_ridge",
+            "audio",
+            lambda table: np.hstack([(mfcc_stats(table) - mu) / sd, np.ones((len(table.ids), 1))]),
         )
     return {
         "protocol": {
@@ -166,7 +171,8 @@ def run_protocol(
             "cold_val_ndcg@20": model.metrics.get("cold_val_ndcg@20"),
         },
         "methods": methods,
-        "timing_s": timing | model.metrics.get("timings_s", {}),
+        "timing_s": timing,
+        "train_stages": model.metrics["stages"],
     }
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from encoders.tags import TagVocab
 from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
 from thaw.factors import fit_als
+from thaw.profiling import StageMeter
 from thaw.schema import item_tags
 from workers.media import MediaError, decode_audio, decode_image
 
@@ -259,13 +259,19 @@ def train(
 ) -> ThawModel:
     """Train a model version. Only warm items' interactions reach ALS and the heads; cold validation items are
     used for early stopping and to tune alpha; cold test items are never read. `features` may hold the content
-    features of the catalogue already (evaluation reuses them across seeds and methods)."""
+    features of the catalogue already (evaluation reuses them across seeds and methods). The model's metrics
+    record each stage's wall time and peak memory."""
     if config.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+    with StageMeter() as meter:
+        return _train(ds, split, config, meter, progress=progress, features=features)
+
+
+def _train(
+    ds: Dataset, split: Split, config: TrainConfig, meter: StageMeter, *, progress: bool, features: Table | None
+) -> ThawModel:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
     warm_events = training_events(ds, split)
     factors = fit_als(
         warm_events,
@@ -275,9 +281,8 @@ def train(
         alpha=config.als_alpha,
         seed=config.seed,
     )
-    timings["als_s"] = time.perf_counter() - t
+    meter.lap("als")
 
-    t = time.perf_counter()
     val_ids = [i for i in split.cold_val if ds.items[i].modalities]
     head_ids = [i for i in factors.item_ids if ds.items[i].modalities]  # warm items with content to learn from
     if not head_ids:
@@ -289,7 +294,7 @@ def train(
         warm, val = features.subset(head_ids), features.subset(val_ids)
     vocab = TagVocab.fit(warm.tags, min_count=config.tag_min_count)
     warm, val = warm.with_vocab(vocab), val.with_vocab(vocab)
-    timings["features_s"] = time.perf_counter() - t
+    meter.lap("features")
 
     uix = {u: i for i, u in enumerate(factors.user_ids)}
     iix = {it: i for i, it in enumerate(warm.ids)}
@@ -320,10 +325,9 @@ def train(
         return evaluate_rankings(ranks, pos, n_items=len(ids), ks=(20,))["ndcg@20"] if pos else 0.0
 
     net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
-    t = time.perf_counter()
     frozen_inputs = {"text": head_input(warm.feats), "image": warm.feats["image"]}
     ridge_lambdas = init_ridge(net, frozen_inputs, warm.masks, targets, val_ndcg_alone) if config.ridge_init else {}
-    timings["ridge_s"] = time.perf_counter() - t
+    meter.lap("ridge")
     for modality in ridge_lambdas:  # the ridge maps stay fixed; the residual MLPs learn what they miss
         net.heads[modality].linear.requires_grad_(False)
 
@@ -355,7 +359,6 @@ def train(
         return best, history
 
     histories: dict[str, list[dict[str, float]]] = {}
-    t = time.perf_counter()
     with_audio = [i for i in range(len(warm.ids)) if warm.masks[i, AUDIO]]
     if with_audio:  # Spotify-style: the CNN and its head learn to predict the factors from audio alone first
 
@@ -367,8 +370,7 @@ def train(
         trained, histories["audio"] = fit(audio_params, with_audio, audio_loss, "audio CNN")
         for p in audio_params:
             p.requires_grad_(False)
-    timings["audio_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    meter.lap("audio_cnn")
     audio_emb = audio_embeddings(net, warm)  # frozen from here on: computed once
     if with_audio and config.ridge_init:  # a closed-form head on the learned embedding, kept where it is better
         head_state = copy.deepcopy(net.heads["audio"].state_dict())
@@ -393,12 +395,13 @@ def train(
 
     trainable = [p for p in net.parameters() if p.requires_grad]
     best, histories["fused"] = fit(trainable, list(range(len(warm.ids))), fused_loss, "residual heads")
-    timings["heads_s"] = time.perf_counter() - t
+    meter.lap("heads")
     fusion = tune_fusion(net, val_ndcg, warm.masks.any(0).tolist())
 
     profiles = history_profiles(ds, warm.ids, predict(net, warm))
     alphas = {a: val_ndcg(net, a, profiles) for a in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)}
     alpha = max(alphas, key=lambda a: (alphas[a], a))
+    meter.lap("tuning")
     cfg: dict[str, Any] = dict(
         asdict(config),
         alpha=alpha,
@@ -412,7 +415,7 @@ def train(
         "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
         "history": histories,
         "ridge_lambdas": ridge_lambdas,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "stages": meter.stages,
         "n_val_users": len(val_pos),
         "n_tags": len(vocab),
     }

@@ -266,10 +266,14 @@ def evaluate(
     from encoders.evaluate import catalogue_features, run_protocol, summarise
     from encoders.training import TrainConfig
     from thaw.datasets import load_dataset, split_items
+    from thaw.profiling import StageMeter
 
     logging.basicConfig(level=logging.WARNING)
-    ds = load_dataset(data, min_rating=min_rating)
-    features = catalogue_features(ds)
+    with StageMeter() as meter:
+        ds = load_dataset(data, min_rating=min_rating)
+        meter.lap("load_dataset")
+        features = catalogue_features(ds)
+        meter.lap("frozen_features")
     seeds = [0] if split_file is not None else seed
     runs = []
     for s in seeds:
@@ -300,6 +304,7 @@ def evaluate(
             "timing_s": [r["timing_s"] for r in runs],
         }
     )
+    result["stages"] = meter.stages
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))
     console.print(f"results written to {json_out}")
