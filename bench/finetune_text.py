@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--max-len", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -83,7 +84,8 @@ def main() -> None:
 
     def embed(states: torch.Tensor, mask: torch.Tensor, train: bool = False) -> torch.Tensor:
         layer.train(train)
-        h = layer(states, attention_mask=_model()[0].auto_model.get_extended_attention_mask(mask, mask.shape))
+        additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min  # padding masked out
+        h = layer(states, attention_mask=additive)
         h = h[0] if isinstance(h, tuple) else h
         pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return torch.nn.functional.normalize(pooled, dim=1)
@@ -103,7 +105,7 @@ def main() -> None:
     w0, b0 = ridge_map(frozen_warm, targets, lam)
     frozen = {"cold_val_ndcg@20": ndcg("val", w0, b0), "cold_test_ndcg@20": ndcg("test", w0, b0)}
     w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
-    opt = torch.optim.AdamW([*layer.parameters(), w, b], lr=2e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW([*layer.parameters(), w, b], lr=args.lr, weight_decay=0.01)
     history, best = [], (frozen["cold_val_ndcg@20"], copy.deepcopy(layer.state_dict()), w0, b0, 0)
     t = time.perf_counter()
     for epoch in range(1, args.epochs + 1):

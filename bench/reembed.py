@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,21 +29,11 @@ from encoders.artifacts import ThawModel, save_version  # noqa: E402
 from encoders.training import TrainConfig, train  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
 from thaw.db import ItemRecord  # noqa: E402
-from thaw.demo import free_port, import_interactions, upload  # noqa: E402
+from thaw.demo import free_port, import_interactions, upload, wait_job, wait_port  # noqa: E402
 from thaw.runtime import Runtime  # noqa: E402
 from thaw.settings import Settings  # noqa: E402
 from workers.app import make_celery  # noqa: E402
 from workers.pipeline import index_dataset, item_input  # noqa: E402
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dict[str, float]:
@@ -68,22 +57,11 @@ def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dic
     return {"items": len(inputs), "items_per_s": round(len(inputs) / encode_s, 2), "decode_s": round(decode_s, 2)}
 
 
-def finished(client: httpx.Client, job_id: str, timeout: float = 3600) -> dict[str, Any]:
-    """Poll twice a second: on 2 cores a tight polling loop would take CPU from the workers being measured."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.5)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
-
-
 def run_job(client: httpx.Client, version: str) -> dict[str, Any]:
     """One re-embedding job; its duration is the API's own record, from the POST to the alias swap."""
     started = client.post("/jobs/reembed", json={"model_version": version})
     started.raise_for_status()
-    job = finished(client, started.json()["job_id"])
+    job = wait_job(client, started.json()["job_id"], timeout=3600, poll_s=0.5)  # slow polls: 2 cores
     p = job["progress"]
     if job["status"] != "succeeded" or p["failed"] or p["skipped"] or not p["switched"]:
         raise RuntimeError(f"re-embedding job did not do the full work: {job}")
@@ -166,7 +144,7 @@ def main() -> None:
                 # warm-up: each worker loads the backbones on its first upload (the same items in both runs)
                 warm = [upload(client, ds.items[i]) for i in items[: 2 * n_workers]]
                 for job_id in warm:
-                    finished(client, job_id, timeout=600)
+                    wait_job(client, job_id, timeout=600, poll_s=0.5)
                 job = run_job(client, version)
                 for w in workers:
                     w.terminate()

@@ -102,15 +102,30 @@ def search(
     collection: str = ITEMS,
 ) -> list[Hit]:
     """The k items nearest to `vector` by the named vector `using`; `with_vectors=True` returns CF and content."""
+    query = np.asarray(vector, np.float32).tolist()
+    vectors = [CF, CONTENT] if with_vectors is True else with_vectors
+    return _query(index, query, k, query_filter, vectors, collection, using=using)
+
+
+def _query(
+    index: Index,
+    query: Any,
+    k: int,
+    query_filter: qm.Filter | None,
+    with_vectors: list[str] | bool,
+    collection: str,
+    *,
+    using: str | None = None,
+) -> list[Hit]:
     with index.session() as client:
         res = client.query_points(
             index.collection(client, collection),
-            query=np.asarray(vector, np.float32).tolist(),
+            query=query,
             using=using,
             limit=k,
             query_filter=query_filter,
             with_payload=True,
-            with_vectors=[CF, CONTENT] if with_vectors is True else with_vectors,
+            with_vectors=with_vectors,
         )
     return _hits(res.points)
 
@@ -125,16 +140,8 @@ def top_by(
     collection: str = ITEMS,
 ) -> list[Hit]:
     """The k items with the largest integer payload `key` (e.g. `interactions`; needs its payload index)."""
-    with index.session() as client:
-        res = client.query_points(
-            index.collection(client, collection),
-            query=qm.OrderByQuery(order_by=qm.OrderBy(key=key, direction=qm.Direction.DESC)),
-            limit=k,
-            query_filter=query_filter,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
-    return _hits(res.points)
+    order = qm.OrderByQuery(order_by=qm.OrderBy(key=key, direction=qm.Direction.DESC))
+    return _query(index, order, k, query_filter, with_vectors, collection)
 
 
 def sample(
@@ -146,16 +153,7 @@ def sample(
     collection: str = ITEMS,
 ) -> list[Hit]:
     """k items drawn at random by Qdrant (not seeded)."""
-    with index.session() as client:
-        res = client.query_points(
-            index.collection(client, collection),
-            query=qm.SampleQuery(sample=qm.Sample.RANDOM),
-            limit=k,
-            query_filter=query_filter,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
-    return _hits(res.points)
+    return _query(index, qm.SampleQuery(sample=qm.Sample.RANDOM), k, query_filter, with_vectors, collection)
 
 
 def count(index: Index, query_filter: qm.Filter | None = None, *, collection: str = ITEMS) -> int:

@@ -29,6 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_port(port: int, timeout: float = 60) -> None:
+    """Wait until something listens on the loopback port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
 def import_interactions(rt: Runtime, ds: Dataset, items: list[str]) -> int:
     """Copy the interactions the model trained on into the database, so users' histories are known."""
     subset = ds.interactions.for_items(set(items))
@@ -84,13 +95,13 @@ def upload(client: httpx.Client, item: Item) -> str:
     return str(resp.json()["job_id"])
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0, poll_s: float = 0.01) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
         if job["status"] in ("succeeded", "failed"):
             return job
-        time.sleep(0.01)
+        time.sleep(poll_s)
     raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
 
 

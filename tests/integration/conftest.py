@@ -6,37 +6,19 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from thaw.demo import wait_job
+from thaw.demo import free_port, wait_job, wait_port
 
 __all__ = ["ApiServer", "RedisServer", "Worker", "wait_job"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 class RedisServer:
@@ -47,7 +29,7 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-        self.exe, self.workdir, self.port = exe, workdir, _free_port()
+        self.exe, self.workdir, self.port = exe, workdir, free_port()
         self.start()
 
     @property
@@ -57,7 +39,7 @@ class RedisServer:
     def start(self) -> None:
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen([self.exe, *args, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
-        _wait_port(self.port)
+        wait_port(self.port)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -156,7 +138,7 @@ class ApiServer:
     """The API served by uvicorn in its own process."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -172,7 +154,7 @@ class ApiServer:
             env=env,
             cwd=ROOT,
         )
-        _wait_port(self.port, 60)
+        wait_port(self.port, 60)
 
     @property
     def url(self) -> str:
