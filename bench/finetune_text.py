@@ -16,10 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from encoders.text import _model  # noqa: E402
-from encoders.training import TrainConfig, _loss, rank_cold, ridge_map, training_events  # noqa: E402
+from encoders.training import TrainConfig, _loss, rank_cold, ridge_map, warm_factors  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
 from thaw.evaluation import evaluate_rankings, user_positives  # noqa: E402
-from thaw.factors import fit_als  # noqa: E402
 
 
 @torch.no_grad()
@@ -53,15 +52,7 @@ def main() -> None:
     config = TrainConfig(seed=args.seed)
     ds = load_dataset(args.data, min_rating=args.min_rating)
     split = split_items(ds, seed=args.seed)
-    events = training_events(ds, split)
-    factors = fit_als(
-        events,
-        factors=config.factors,
-        regularization=config.als_reg,
-        iterations=config.als_iterations,
-        alpha=config.als_alpha,
-        seed=args.seed,
-    )
+    events, factors = warm_factors(ds, split, config)
     ids = {"warm": [i for i in factors.item_ids if ds.items[i].text]}
     for name, group in (("val", split.cold_val), ("test", split.cold_test)):
         ids[name] = [i for i in group if ds.items[i].text]

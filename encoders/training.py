@@ -4,6 +4,7 @@ early-stopped and the blend weight alpha tuned on cold validation items."""
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from encoders.fusion import MODALITY_ORDER, Head, ThawNet, head_input
 from encoders.tags import TagVocab
 from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
-from thaw.factors import fit_als
+from thaw.factors import Factors, fit_als
 from thaw.profiling import StageMeter
 from thaw.schema import item_tags
 from workers.media import MediaError, decode_audio, decode_image
@@ -254,6 +255,20 @@ def training_events(ds: Dataset, split: Split) -> Interactions:
     return ds.interactions.for_items(split.warm)
 
 
+def warm_factors(ds: Dataset, split: Split, config: TrainConfig) -> tuple[Interactions, Factors]:
+    """The warm items' interactions and the ALS factors fitted on them with the config's settings."""
+    events = training_events(ds, split)
+    factors = fit_als(
+        events,
+        factors=config.factors,
+        regularization=config.als_reg,
+        iterations=config.als_iterations,
+        alpha=config.als_alpha,
+        seed=config.seed,
+    )
+    return events, factors
+
+
 def train(
     ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = True, features: Table | None = None
 ) -> ThawModel:
@@ -272,15 +287,7 @@ def _train(
 ) -> ThawModel:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    warm_events = training_events(ds, split)
-    factors = fit_als(
-        warm_events,
-        factors=config.factors,
-        regularization=config.als_reg,
-        iterations=config.als_iterations,
-        alpha=config.als_alpha,
-        seed=config.seed,
-    )
+    warm_events, factors = warm_factors(ds, split, config)
     meter.lap("als")
 
     val_ids = [i for i in split.cold_val if ds.items[i].modalities]
@@ -335,10 +342,13 @@ def _train(
         return _loss(config.loss, pred, targets[idx], users, prefs[idx], config.als_alpha)
 
     def fit(
-        params: list[torch.nn.Parameter], pool: list[int], batch_loss: Callable[[list[int]], torch.Tensor], desc: str
+        params: list[torch.nn.Parameter],
+        pool: list[int],
+        batch_loss: Callable[[list[int]], torch.Tensor],
+        score: Callable[[ThawNet], float],
+        desc: str,
     ) -> tuple[float, list[dict[str, float]]]:
         """AdamW on `params` over minibatches of warm rows `pool`; the network keeps its best state by `score`."""
-        score = (lambda n: val_ndcg_alone(n, AUDIO)) if desc == "audio CNN" else val_ndcg
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         best, best_state = score(net), copy.deepcopy(net.state_dict())
         history = [{"epoch": 0, "cold_val_ndcg@20": round(best, 4)}]
@@ -367,7 +377,8 @@ def _train(
             return loss_of(net.heads["audio"](net.audio_embedding(mel, owner, len(idx))), idx)
 
         audio_params = [*net.audio.parameters(), *net.heads["audio"].parameters()]
-        trained, histories["audio"] = fit(audio_params, with_audio, audio_loss, "audio CNN")
+        audio_alone = functools.partial(val_ndcg_alone, j=AUDIO)
+        trained, histories["audio"] = fit(audio_params, with_audio, audio_loss, audio_alone, "audio CNN")
         for p in audio_params:
             p.requires_grad_(False)
     meter.lap("audio_cnn")
@@ -394,7 +405,7 @@ def _train(
         return loss
 
     trainable = [p for p in net.parameters() if p.requires_grad]
-    best, histories["fused"] = fit(trainable, list(range(len(warm.ids))), fused_loss, "residual heads")
+    best, histories["fused"] = fit(trainable, list(range(len(warm.ids))), fused_loss, val_ndcg, "residual heads")
     meter.lap("heads")
     fusion = tune_fusion(net, val_ndcg, warm.masks.any(0).tolist())
 

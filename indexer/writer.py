@@ -10,7 +10,7 @@ import numpy as np
 from qdrant_client.http import models as qm
 
 from indexer.collections import Index
-from thaw.schema import CF, point_id, user_point_id
+from thaw.schema import CF, CF_SOURCE, point_id, user_point_id
 
 
 @dataclass
@@ -39,7 +39,10 @@ def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, 
         existing = {}
         if keep_cf or guarded:
             recs = client.retrieve(
-                target, ids, with_vectors=[CF] if keep_cf else False, with_payload=["interactions", "revision"]
+                target,
+                ids,
+                with_vectors=[CF] if keep_cf else False,
+                with_payload=["interactions", "revision", CF_SOURCE],
             )
             existing = {str(rec.id): rec for rec in recs}
         structs, written = [], []
@@ -53,6 +56,8 @@ def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, 
             if keep_cf and old is not None and CF not in vectors and isinstance(old.vector, dict) and CF in old.vector:
                 vectors[CF] = list(old.vector[CF])  # type: ignore[arg-type]
                 payload["interactions"] = old_payload.get("interactions", payload.get("interactions", 0))
+                if CF_SOURCE in old_payload:
+                    payload[CF_SOURCE] = old_payload[CF_SOURCE]
             payload.setdefault("interactions", 0)
             structs.append(qm.PointStruct(id=pid, vector=vectors, payload=payload))  # type: ignore[arg-type]
             written.append(p.item_id)

@@ -12,6 +12,7 @@ MODALITIES: tuple[Modality, ...] = get_args(Modality)
 # Named vectors of the items collection.
 CF = "cf"  # learned (or folded-in) collaborative-filtering factors; items with interactions only
 CONTENT = "content"  # factors predicted from content by the fused encoders
+CF_SOURCE = "cf_source"  # payload key: "als" where the CF vector is the version's learned factors (events keep it)
 VectorName = Literal["content", "cf", "text", "image", "audio"]
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"

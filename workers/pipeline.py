@@ -26,7 +26,7 @@ from indexer.writer import ItemPoint, upsert_items, upsert_users
 from thaw.datasets import Dataset
 from thaw.db import ItemRecord, Job, running_reembeds, utcnow
 from thaw.runtime import Runtime
-from thaw.schema import CF, CONTENT, MODALITIES, item_tags, item_text
+from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, item_tags, item_text
 from workers.media import MediaError, decode_audio, decode_image
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence
             point = item_point(model, inp.item_id, enc, payloads[inp.item_id])
             if inp.item_id in warm:
                 point.vectors[CF] = model.item_factors[warm[inp.item_id]]
-                point.payload["interactions"] = counts[inp.item_id]
+                point.payload.update({"interactions": counts[inp.item_id], CF_SOURCE: "als"})
             points.append(point)
         upsert_items(rt.index, items_coll, points, keep_cf=False)
     upsert_users(rt.index, users_coll, model.user_ids, model.user_factors, [{"source": "als"}] * len(model.user_ids))

@@ -47,7 +47,7 @@ from thaw.db import (
 )
 from thaw.factors import Factors, fold_in
 from thaw.runtime import Runtime
-from thaw.schema import CF
+from thaw.schema import CF, CF_SOURCE
 from workers.pipeline import PermanentError, content_hash, item_input, item_point, record_payload
 
 if TYPE_CHECKING:
@@ -335,12 +335,15 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
     if not todo:
         return
     cf = cf_vectors(_factors(model), audiences(session, [r.item_id for r, _ in todo]), _reg(model))
+    trained = set(model.item_ids)
     points = []
     for (row, record), enc in zip(todo, encoded, strict=True):
         vector, count = cf[row.item_id]
         point = item_point(model, row.item_id, enc, {**record_payload(record), "interactions": count})
         if vector is not None:
             point.vectors[CF] = vector
+        if row.item_id in trained:
+            point.payload[CF_SOURCE] = "als"
         points.append(point)
     upsert_items(rt.index, collection, points)  # a newer upload already written there is left alone
     for row, _ in todo:

@@ -20,7 +20,7 @@ from thaw.db import Experiment, Exposure, Interaction, ItemRecord, item_audience
 from thaw.experiments.assignment import seed_of
 from thaw.experiments.policies import Policy
 from thaw.factors import fold_in
-from thaw.schema import InvalidIdError, check_id
+from thaw.schema import CF_SOURCE, InvalidIdError, check_id
 
 router = APIRouter(tags=["recommendations"])
 
@@ -119,7 +119,7 @@ def post_events(events: EventIn | list[EventIn], rt: RuntimeDep) -> EventsAccept
         joined = joined_events(session, batch)
         for item_id, hit in indexed.items():
             audience = item_audience(session, item_id)
-            if hit.payload.get("cf_source") == "als":
+            if hit.payload.get(CF_SOURCE) == "als":
                 continue  # learned by ALS on far more data; the next training run updates it
             users = [(get_user(rt.index, u), w) for u, w in audience]
             known_users = [(found[0], w) for found, w in users if found is not None]

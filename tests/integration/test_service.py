@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from indexer.collections import ITEMS, Index
 from tests.integration.conftest import Worker, wait_job
+from thaw.schema import CF, CF_SOURCE, point_id
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +102,27 @@ def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker:
     assert len(recs["items"]) == 5 and "evt-item" not in [r["item_id"] for r in recs["items"]]
     cold = client.get("/users/u1/recommendations", params={"k": 500, "cold_only": "true"}).json()
     assert "evt-item" not in {r["item_id"] for r in cold["items"]}  # no longer cold
+
+
+def test_events_keep_a_warm_items_learned_factors(
+    client: httpx.Client, worker: Worker, service_env: dict[str, str]
+) -> None:
+    """A warm item's CF vector is ALS's, learned on its whole audience: an event does not refold it (a cold item's
+    is folded in, above); neither does a re-upload of its content."""
+    warm = next(i for i in map(str, range(160)) if client.get(f"/items/{i}").json()["interactions"] > 0)
+    index = Index(path=Path(service_env["THAW_DATA_DIR"]) / "qdrant", shared=True)
+
+    def cf() -> list[float]:
+        with index.session() as qdrant:
+            (rec,) = qdrant.retrieve(ITEMS, [point_id(warm)], with_vectors=[CF], with_payload=[CF_SOURCE])
+        assert (rec.payload or {}).get(CF_SOURCE) == "als"
+        return list(rec.vector[CF])  # type: ignore[index]
+
+    before = cf()
+    assert client.post("/events", json={"user_id": "u1", "item_id": warm, "weight": 5}).status_code == 200
+    assert cf() == before
+    assert wait_job(client, upload(client, warm, {"title": "Rocket galaxy astronaut"}))["status"] == "succeeded"
+    assert cf() == before
 
 
 def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, worker: Worker) -> None:

@@ -22,6 +22,7 @@ from indexer.writer import ItemPoint, upsert_items, upsert_users
 from thaw.db import Interaction, ItemRecord
 from thaw.experiments.assignment import assign
 from thaw.runtime import Runtime
+from thaw.schema import CF_SOURCE
 from thaw.settings import Settings
 
 DIMS = {"text": 3, "image": 2, "audio": 2}
@@ -46,9 +47,7 @@ def _index_version(rt: Runtime, version: str, top_cold: str) -> None:
         cf = _vec(1.0, 0, 0, 0) if item == "w3" else _vec(0.1, 0.2 * j, 0.5, 0)
         text, image = (_vec(1, 0, 0), _vec(1, 0)) if item == "w5" else (_vec(0, 1, 0), _vec(0, 1))
         vectors = {"cf": cf, "content": cf, "text": text, "image": image}
-        points.append(
-            ItemPoint(item, vectors, {"interactions": n, "cf_source": "als", "modalities": ["text", "image"]})
-        )
+        points.append(ItemPoint(item, vectors, {"interactions": n, CF_SOURCE: "als", "modalities": ["text", "image"]}))
     for j in range(4):
         item = f"c{j}"
         content = _vec(3.0, 0, 0, 0) if item == top_cold else _vec(0.0, 0.1 * j, 1.0, 0)
