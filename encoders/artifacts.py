@@ -32,7 +32,6 @@ __all__ = [
     "ThawModel",
     "active_version",
     "list_versions",
-    "load_active",
     "save_version",
     "set_active",
 ]
@@ -242,13 +241,3 @@ def set_active(models_dir: Path, version: str) -> None:
     tmp = models_dir / ".ACTIVE.tmp"
     tmp.write_text(version)
     os.replace(tmp, models_dir / "ACTIVE")
-
-
-def load_active(models_dir: Path) -> ThawModel:
-    """The model version named by models_dir/ACTIVE."""
-    version = active_version(models_dir)
-    if version is None or not (models_dir / version / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no active model under {models_dir} (ACTIVE names {version!r}); run `thaw train` first"
-        )
-    return ThawModel.load(models_dir / version)

@@ -83,7 +83,7 @@ class Settings(BaseSettings):
 
     @property
     def celery_broker(self) -> str:
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost//"  # the host is ignored; naming one keeps kombu quiet
 
     @property
     def broker_dir(self) -> Path:
