@@ -81,33 +81,29 @@ def ingest(
     wait: bool = True,
 ) -> None:
     """Upload one item to a running service and wait until it is servable."""
-    import httpx
-
     from thaw.demo import wait_job
 
     files = {f: (p.name, p.read_bytes()) for f, p in (("image", image), ("audio", audio)) if p is not None}
-    headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
-    with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
-        resp = client.post("/items", data={"item_id": item_id, "metadata": metadata}, files=files or None)
-        if resp.status_code != 202:
-            console.print(f"[red]{resp.status_code}[/] {resp.text}")
-            raise typer.Exit(1)
-        job = resp.json()
+    with _api(url) as client:
+        job = _ok(client.post("/items", data={"item_id": item_id, "metadata": metadata}, files=files or None))
         if wait:
             job = wait_job(client, job["job_id"])
         console.print_json(json.dumps(job))
 
 
-def _api(url: str) -> httpx.Client:
+def _api(url: str, timeout: float = 60) -> httpx.Client:
+    """A client of a running service, with THAW_API_KEY sent as X-API-Key when it is set."""
     import httpx
 
     headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
-    return httpx.Client(base_url=url, timeout=60, headers=headers)
+    return httpx.Client(base_url=url, timeout=timeout, headers=headers)
 
 
 def _ok(resp: httpx.Response) -> dict[str, Any]:
+    """The response's JSON body; an error status prints the service's reason and exits 1."""
     if resp.status_code >= 400:
-        console.print(f"[red]{resp.status_code}[/] {resp.json().get('detail', resp.text)}")
+        is_json = resp.headers.get("content-type", "").startswith("application/json")
+        console.print(f"[red]{resp.status_code}[/] {resp.json().get('detail') if is_json else resp.text}")
         raise typer.Exit(1)
     body: dict[str, Any] = resp.json()
     return body
@@ -417,17 +413,10 @@ def ab_report(
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
 ) -> None:
     """The report of an online experiment (from a running service): per-arm metrics, differences, SRM, chart."""
-    import httpx
-
     from thaw.experiments.report import chart_png
 
-    headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
-    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
-        resp = client.get(f"/experiments/{experiment_id}/report")
-    if resp.status_code != 200:
-        console.print(f"[red]{resp.status_code}[/] {resp.text}")
-        raise typer.Exit(1)
-    report = resp.json()
+    with _api(url, timeout=120) as client:
+        report = _ok(client.get(f"/experiments/{experiment_id}/report"))
     _print_report(report, f"experiment {experiment_id}")
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
