@@ -35,7 +35,8 @@ __all__ = [
     "save_version",
     "set_active",
 ]
-FORMAT = 3  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json)
+FORMAT = 4  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json); 4: the text
+# head reads the image embedding too
 
 
 @dataclass

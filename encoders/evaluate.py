@@ -22,6 +22,7 @@ from encoders.training import (
     predict,
     rank_cold,
     train,
+    warm_factors,
 )
 from thaw.datasets import Dataset, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
@@ -125,9 +126,11 @@ def run_protocol(
         rankings[user] = rank_by_scores(test_x @ centroid, test_ids)
     score("content_knn", rankings)
 
-    uix = {u: i for i, u in enumerate(model.user_ids)}
-    factor_row = {item: i for i, item in enumerate(model.item_ids)}
-    warm_factors = model.item_factors[[factor_row[i] for i in warm_ids]]
+    # the baselines map onto plain ALS factors (Thaw's own may be content-regularised)
+    _, als = warm_factors(ds, split, config)
+    uix = {u: i for i, u in enumerate(als.user_ids)}
+    factor_row = {item: i for i, item in enumerate(als.item_ids)}
+    als_items = als.items[[factor_row[i] for i in warm_ids]]
 
     def ridge_baseline(name: str, modality: str, x: Callable[[Table], np.ndarray]) -> float:
         """ALS + a closed-form ridge map from features `x` onto the factors of the warm items that have `modality`,
@@ -138,8 +141,8 @@ def run_protocol(
         x_warm = x(warm)[have]
 
         def rank(lam: float, table: Table, pos: dict[str, set[str]]) -> dict[str, list[str]]:
-            pred = (x(table) @ _ridge(x_warm, warm_factors[have], lam)) * table.masks[:, col].numpy()[:, None]
-            return {u: rank_by_scores(pred @ model.user_factors[uix[u]], table.ids) for u in pos}
+            pred = (x(table) @ _ridge(x_warm, als_items[have], lam)) * table.masks[:, col].numpy()[:, None]
+            return {u: rank_by_scores(pred @ als.users[uix[u]], table.ids) for u in pos}
 
         grid = {
             lam: evaluate_rankings(rank(lam, val, val_pos), val_pos, n_items=len(val_ids), ks=(20,))["ndcg@20"]
@@ -166,6 +169,7 @@ def run_protocol(
             "n_cold_val_items": len(val_ids),
             "n_warm_items": len(model.item_ids),
             "alpha": model.alpha,
+            "content_pull": model.metrics["content_pull"]["pull"],
             "ridge_lambda": best_lam,
             "loss": config.loss,
             "cold_val_ndcg@20": model.metrics.get("cold_val_ndcg@20"),

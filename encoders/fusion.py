@@ -12,9 +12,15 @@ from encoders.vision import IMAGE_DIM
 MODALITY_ORDER = ("text", "image", "audio")
 
 
-def head_input(feats: dict[str, torch.Tensor]) -> torch.Tensor:
-    """What the text head reads: the text embedding and, where the model has a tag vocabulary, the item's tags."""
-    return torch.cat([feats["text"], feats["tags"]], dim=1) if "tags" in feats else feats["text"]
+IMAGE_WEIGHT = 0.5  # the text head reads the image embedding at half weight beside the text embedding and tags
+
+
+def head_input(feats: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor:
+    """What the text head reads: the text embedding, the item's tags where the model has a tag vocabulary, and the
+    image embedding where `has_image` (B,) says the item's image counts, so one linear map fits all frozen features
+    jointly."""
+    image = IMAGE_WEIGHT * feats["image"] * has_image[:, None].float()
+    return torch.cat([feats["text"], *([feats["tags"]] if "tags" in feats else []), image], dim=1)
 
 
 class Head(nn.Module):
@@ -57,7 +63,7 @@ class ThawNet(nn.Module):
         self.audio = AudioCNN(dim=audio_dim)
         self.heads = nn.ModuleDict(
             {
-                "text": Head(TEXT_DIM + tag_dim, dim, hidden, dropout),
+                "text": Head(TEXT_DIM + tag_dim + IMAGE_DIM, dim, hidden, dropout),
                 "image": Head(IMAGE_DIM, dim, hidden, dropout),
                 "audio": Head(audio_dim, dim, hidden, dropout),
             }
@@ -77,7 +83,7 @@ class ThawNet(nn.Module):
         (B, 3, dim)."""
         if self.config["tag_dim"] and "tags" not in feats:
             raise ValueError("this model's text head reads tags: apply its vocabulary first (Table.with_vocab)")
-        inputs = dict(feats, text=head_input(feats))
+        inputs = dict(feats, text=head_input(feats, masks[:, MODALITY_ORDER.index("image")]))
         preds = torch.stack([self.heads[m](inputs[m]) for m in MODALITY_ORDER], dim=1)
         w = torch.exp(self.weights)[None, :] * masks.float()
         fused = (w[:, :, None] * preds).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)

@@ -1,5 +1,6 @@
-"""Encoders: training — ALS on warm interactions, then heads (and the audio CNN) regressed onto the CF space,
-early-stopped and the blend weight alpha tuned on cold validation items."""
+"""Encoders: training — ALS on warm interactions (content-regularised where cold validation says it pays), then heads
+(and the audio CNN) regressed onto the CF space, early-stopped and the blend weight alpha tuned on cold validation
+items."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from encoders.fusion import MODALITY_ORDER, Head, ThawNet, head_input
 from encoders.tags import TagVocab
 from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
-from thaw.factors import Factors, fit_als
+from thaw.factors import Factors, content_regularised_als, fit_als
 from thaw.profiling import StageMeter
 from thaw.schema import item_tags
 from workers.media import MediaError, decode_audio, decode_image
@@ -48,6 +49,10 @@ class TrainConfig:
     cf_shrinkage: float = 10.0
     ridge_init: bool = True
     tag_min_count: int = 2  # a tag must appear on this many warm items to enter the vocabulary
+    # content-regularised ALS: pulls tried (0, plain ALS, is always a candidate) x ridge lambdas of the content map
+    content_pulls: tuple[float, ...] = (10.0, 40.0, 80.0)
+    content_lambdas: tuple[float, ...] = (3.0, 10.0)
+    content_rounds: int = 4
     seed: int = 0
 
 
@@ -214,10 +219,11 @@ def init_ridge(
     masks: torch.Tensor,
     targets: torch.Tensor,
     val_ndcg: Callable[[ThawNet, int], float],
+    grids: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
     """Set the linear part of each head in `inputs` (modality -> what the head reads, one row per warm item) to the
-    ridge map from those features onto the warm items' factors, lambda chosen per modality on cold validation; the
-    residual MLPs restart at zero. Returns the chosen lambdas."""
+    ridge map from those features onto the warm items' factors, lambda chosen per modality on cold validation from
+    `grids[modality]` (default RIDGE_LAMBDAS); the residual MLPs restart at zero. Returns the chosen lambdas."""
     chosen: dict[str, float] = {}
     for j, modality in enumerate(MODALITY_ORDER):
         have = masks[:, j]
@@ -227,12 +233,73 @@ def init_ridge(
         assert isinstance(head, Head)
         head.reset_residual()
         scores = {}
-        for lam in RIDGE_LAMBDAS:
+        for lam in (grids or {}).get(modality, RIDGE_LAMBDAS):
             head.set_linear(*ridge_map(inputs[modality][have], targets[have], lam))
             scores[lam] = val_ndcg(net, j)
         chosen[modality] = max(scores, key=lambda lam: scores[lam])
         head.set_linear(*ridge_map(inputs[modality][have], targets[have], chosen[modality]))
     return chosen
+
+
+def text_head_input(table: Table) -> torch.Tensor:
+    """The text head's input for a table's items (text embedding, tags, image embedding where the item has one):
+    what the content-regularised ALS maps from, too."""
+    return head_input(table.feats, table.masks[:, MODALITY_ORDER.index("image")])
+
+
+def content_factors(
+    events: Interactions,
+    factors: Factors,
+    warm: Table,
+    val: Table,
+    config: TrainConfig,
+    val_pos: dict[str, set[str]],
+) -> tuple[Factors, dict[str, float]]:
+    """Plain ALS or content-regularised ALS (each pull in `config.content_pulls` times each ridge lambda of the
+    content map), whichever ranks cold validation items best when they are predicted by a ridge map from their
+    content features onto the resulting item factors. Returns the factors and the chosen pull and lambda (the text
+    head's ridge start uses the same lambda)."""
+    x_warm, x_val = text_head_input(warm), text_head_input(val)
+    rows = {item: k for k, item in enumerate(warm.ids)}
+    with_content = np.array([item in rows for item in factors.item_ids])
+    x_all = torch.zeros(len(factors.item_ids), x_warm.shape[1])
+    x_all[with_content] = x_warm[[rows[i] for i in factors.item_ids if i in rows]]
+
+    def content_map(items: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return ridge_map(x_all[with_content], torch.from_numpy(items[with_content]).float(), lam)
+
+    def score(f: Factors, lam: float) -> float:
+        w, b = content_map(f.items, lam)
+        ranks = rank_cold(f.user_ids, f.users, val.ids, (x_val @ w.T + b).numpy(), val_pos)
+        return evaluate_rankings(ranks, val_pos, n_items=len(val.ids), ks=(20,))["ndcg@20"] if val_pos else 0.0
+
+    def prior(lam: float) -> Callable[[np.ndarray], np.ndarray]:
+        def where_content_puts(items: np.ndarray) -> np.ndarray:
+            w, b = content_map(items, lam)
+            out = np.full(items.shape, np.nan)
+            out[with_content] = (x_all[with_content] @ w.T + b).double().numpy()
+            return out
+
+        return where_content_puts
+
+    plain = {lam: score(factors, lam) for lam in config.content_lambdas}
+    lam = max(plain, key=lambda k: plain[k])
+    best, chosen = {"pull": 0.0, "lambda": lam, "cold_val_ndcg@20": round(plain[lam], 4)}, factors
+    pulls = config.content_pulls if bool(warm.masks[:, :2].any()) else ()  # no text or image: nothing to pull toward
+    for pull, lam in itertools.product(pulls, config.content_lambdas):
+        f = content_regularised_als(
+            events,
+            factors,
+            prior(lam),
+            pull,
+            alpha=config.als_alpha,
+            regularization=config.als_reg,
+            rounds=config.content_rounds,
+        )
+        if (now := score(f, lam)) > best["cold_val_ndcg@20"]:
+            best, chosen = {"pull": pull, "lambda": lam, "cold_val_ndcg@20": round(now, 4)}, f
+    log.info("CF factors: content pull %s (linear map: cold-val NDCG@20 %s)", best["pull"], best["cold_val_ndcg@20"])
+    return chosen, best
 
 
 def _loss(
@@ -304,6 +371,10 @@ def _train(
     meter.lap("features")
 
     uix = {u: i for i, u in enumerate(factors.user_ids)}
+    val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in uix}
+    factors, pull = content_factors(warm_events, factors, warm, val, config, val_pos)
+    meter.lap("content_als")
+
     iix = {it: i for i, it in enumerate(warm.ids)}
     prefs = torch.zeros(len(warm.ids), len(factors.user_ids))
     for u, i in zip(warm_events.user_ids.tolist(), warm_events.item_ids.tolist(), strict=True):
@@ -312,7 +383,6 @@ def _train(
     users = torch.from_numpy(factors.users)
     factor_row = {it: i for i, it in enumerate(factors.item_ids)}
     targets = torch.from_numpy(factors.items[[factor_row[i] for i in warm.ids]])
-    val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in uix}
 
     def val_ndcg(net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
         ranks = rank_cold(
@@ -332,8 +402,11 @@ def _train(
         return evaluate_rankings(ranks, pos, n_items=len(ids), ks=(20,))["ndcg@20"] if pos else 0.0
 
     net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
-    frozen_inputs = {"text": head_input(warm.feats), "image": warm.feats["image"]}
-    ridge_lambdas = init_ridge(net, frozen_inputs, warm.masks, targets, val_ndcg_alone) if config.ridge_init else {}
+    frozen_inputs = {"text": text_head_input(warm), "image": warm.feats["image"]}
+    grids = {"text": [pull["lambda"]]}  # the text head starts at the content map the CF space was pulled toward
+    ridge_lambdas = {}
+    if config.ridge_init:
+        ridge_lambdas = init_ridge(net, frozen_inputs, warm.masks, targets, val_ndcg_alone, grids)
     meter.lap("ridge")
     for modality in ridge_lambdas:  # the ridge maps stay fixed; the residual MLPs learn what they miss
         net.heads[modality].linear.requires_grad_(False)
@@ -426,6 +499,7 @@ def _train(
         "alpha_grid": {str(a): round(v, 4) for a, v in alphas.items()},
         "history": histories,
         "ridge_lambdas": ridge_lambdas,
+        "content_pull": pull,
         "stages": meter.stages,
         "n_val_users": len(val_pos),
         "n_tags": len(vocab),
