@@ -16,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from encoders.text import _model  # noqa: E402
-from encoders.training import TrainConfig, _loss, rank_cold, ridge_map, warm_factors  # noqa: E402
+from encoders.training import TrainConfig, _loss, cold_ndcg, ridge_map, warm_factors  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
-from thaw.evaluation import evaluate_rankings, user_positives  # noqa: E402
+from thaw.evaluation import user_positives  # noqa: E402
 
 
 @torch.no_grad()
@@ -84,8 +84,7 @@ def main() -> None:
     def ndcg(name: str, w: torch.Tensor, b: torch.Tensor) -> float:
         with torch.no_grad():
             pred = (embed(*cache[name]) @ w.T + b).numpy()
-        ranks = rank_cold(factors.user_ids, factors.users, ids[name], pred, positives[name])
-        return evaluate_rankings(ranks, positives[name], n_items=len(ids[name]), ks=(20,))["ndcg@20"]
+        return cold_ndcg(factors.user_ids, factors.users, ids[name], pred, positives[name])
 
     with torch.no_grad():
         frozen_warm = embed(*cache["warm"])

@@ -170,6 +170,23 @@ def rank_cold(
     return out
 
 
+def cold_ndcg(
+    user_ids: list[str],
+    user_factors: np.ndarray,
+    cold_ids: list[str],
+    cold_pred: np.ndarray,
+    positives: dict[str, set[str]],
+    *,
+    alpha: float = 1.0,
+    profiles: dict[str, np.ndarray] | None = None,
+) -> float:
+    """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none)."""
+    if not positives:
+        return 0.0
+    ranks = rank_cold(user_ids, user_factors, cold_ids, cold_pred, positives, alpha=alpha, profiles=profiles)
+    return evaluate_rankings(ranks, positives, n_items=len(cold_ids), ks=(20,))["ndcg@20"]
+
+
 def history_profiles(ds: Dataset, warm_ids: list[str], warm_pred: np.ndarray) -> dict[str, np.ndarray]:
     """Each user's content profile: the centroid of the predicted vectors of their warm items."""
     index = {item: i for i, item in enumerate(warm_ids)}
@@ -259,25 +276,23 @@ def content_factors(
     content map), whichever ranks cold validation items best when they are predicted by a ridge map from their
     content features onto the resulting item factors. Returns the factors and the chosen pull and lambda (the text
     head's ridge start uses the same lambda)."""
-    x_warm, x_val = text_head_input(warm), text_head_input(val)
+    x_val = text_head_input(val)
     rows = {item: k for k, item in enumerate(warm.ids)}
     with_content = np.array([item in rows for item in factors.item_ids])
-    x_all = torch.zeros(len(factors.item_ids), x_warm.shape[1])
-    x_all[with_content] = x_warm[[rows[i] for i in factors.item_ids if i in rows]]
+    x = text_head_input(warm)[[rows[i] for i in factors.item_ids if i in rows]]  # factor order, items with content
 
     def content_map(items: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return ridge_map(x_all[with_content], torch.from_numpy(items[with_content]).float(), lam)
+        return ridge_map(x, torch.from_numpy(items[with_content]).float(), lam)
 
     def score(f: Factors, lam: float) -> float:
         w, b = content_map(f.items, lam)
-        ranks = rank_cold(f.user_ids, f.users, val.ids, (x_val @ w.T + b).numpy(), val_pos)
-        return evaluate_rankings(ranks, val_pos, n_items=len(val.ids), ks=(20,))["ndcg@20"] if val_pos else 0.0
+        return cold_ndcg(f.user_ids, f.users, val.ids, (x_val @ w.T + b).numpy(), val_pos)
 
     def prior(lam: float) -> Callable[[np.ndarray], np.ndarray]:
         def where_content_puts(items: np.ndarray) -> np.ndarray:
             w, b = content_map(items, lam)
             out = np.full(items.shape, np.nan)
-            out[with_content] = (x_all[with_content] @ w.T + b).double().numpy()
+            out[with_content] = (x @ w.T + b).double().numpy()
             return out
 
         return where_content_puts
@@ -385,10 +400,8 @@ def _train(
     targets = torch.from_numpy(factors.items[[factor_row[i] for i in warm.ids]])
 
     def val_ndcg(net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
-        ranks = rank_cold(
-            factors.user_ids, factors.users, val_ids, predict(net, val), val_pos, alpha=alpha, profiles=profiles
-        )
-        return evaluate_rankings(ranks, val_pos, n_items=len(val_ids), ks=(20,))["ndcg@20"] if val_pos else 0.0
+        pred = predict(net, val)
+        return cold_ndcg(factors.user_ids, factors.users, val_ids, pred, val_pos, alpha=alpha, profiles=profiles)
 
     def val_ndcg_alone(net: ThawNet, j: int) -> float:
         """Cold-validation NDCG@20 of one modality's head on the validation items that have it."""
@@ -397,9 +410,7 @@ def _train(
         pos = {u: p & set(ids) for u, p in val_pos.items() if p & set(ids)}
         only = torch.zeros_like(val.masks)
         only[:, j] = have
-        pred = predict(net, val, only)[have.numpy()]
-        ranks = rank_cold(factors.user_ids, factors.users, ids, pred, pos)
-        return evaluate_rankings(ranks, pos, n_items=len(ids), ks=(20,))["ndcg@20"] if pos else 0.0
+        return cold_ndcg(factors.user_ids, factors.users, ids, predict(net, val, only)[have.numpy()], pos)
 
     net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
     frozen_inputs = {"text": text_head_input(warm), "image": warm.feats["image"]}
