@@ -23,7 +23,7 @@ from encoders import text as text_encoder
 from encoders import vision as vision_encoder
 from encoders.audio import SAMPLE_RATE, log_mel_crops
 from encoders.fusion import MODALITY_ORDER, ThawNet
-from encoders.tags import TagVocab
+from encoders.tags import TagFactors, TagVocab
 
 __all__ = [
     "SAMPLE_RATE",
@@ -35,8 +35,8 @@ __all__ = [
     "save_version",
     "set_active",
 ]
-FORMAT = 4  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json); 4: the text
-# head reads the image embedding too
+FORMAT = 5  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json); 4: the text
+# head reads the image embedding too; 5: and the tags' target encoding (tag_factors.json, tag_factors.safetensors)
 
 
 @dataclass
@@ -113,13 +113,15 @@ class ThawModel:
         item_factors: np.ndarray,
         config: dict[str, Any],
         vocab: TagVocab,
+        tag_factors: TagFactors,
         metrics: dict[str, Any] | None = None,
     ) -> None:
-        tag_dim = int(net.config.get("tag_dim", 0))
-        if len(vocab) != tag_dim:
-            raise ValueError(f"the text head reads {tag_dim} tags but the vocabulary has {len(vocab)}")
+        widths = {"tag_dim": len(vocab), "tag_factor_dim": tag_factors.width}
+        for key, width in widths.items():
+            if int(net.config.get(key, 0)) != width:
+                raise ValueError(f"the text head reads {net.config.get(key, 0)} {key} features but has {width}")
         self.net = net.eval()
-        self.vocab = vocab
+        self.vocab, self.tag_factors = vocab, tag_factors
         self.version = version
         self.user_ids, self.user_factors = user_ids, user_factors
         self.item_ids, self.item_factors = item_ids, item_factors
@@ -148,6 +150,7 @@ class ThawModel:
             return []
         feats, mel, owner, masks = features(items)
         feats["tags"] = torch.from_numpy(self.vocab.transform([it.tags for it in items]))
+        feats["tag_factors"] = torch.from_numpy(self.tag_factors.transform([it.tags for it in items]))
         empty = [items[i].item_id for i in range(len(items)) if not masks[i].any()]
         if empty:
             raise ValueError(f"items {empty[:5]} have no text, image or audio to encode")
@@ -183,6 +186,8 @@ class ThawModel:
         save_np({"users": self.user_factors, "items": self.item_factors}, directory / "factors.safetensors")
         (directory / "ids.json").write_text(json.dumps({"users": self.user_ids, "items": self.item_ids}))
         (directory / "tags.json").write_text(json.dumps(self.vocab.to_json()))
+        (directory / "tag_factors.json").write_text(json.dumps(self.tag_factors.to_json()))
+        save_np(self.tag_factors.arrays(), directory / "tag_factors.safetensors")
         (directory / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
         (directory / "versions.json").write_text(json.dumps(library_versions(), indent=2))
 
@@ -205,6 +210,9 @@ class ThawModel:
             item_factors=factors["items"],
             config=config,
             vocab=TagVocab.from_json(json.loads((directory / "tags.json").read_text())),
+            tag_factors=TagFactors.load(
+                json.loads((directory / "tag_factors.json").read_text()), load_np(directory / "tag_factors.safetensors")
+            ),
             metrics=metrics,
         )
 

@@ -53,3 +53,12 @@ class AudioCNN(nn.Module):
         h = self.convs(self.norm(mels))
         pooled = torch.cat([h.mean(-1), h.amax(-1), h.pow(2).mean(-1).clamp_min(1e-8).sqrt()], dim=1)
         return torch.relu(self.proj(pooled))
+
+
+def augment(mels: torch.Tensor) -> torch.Tensor:
+    """Training-time augmentation of a batch of log-mel crops (n, n_mels, frames): rolled in time by one random
+    offset (where in a crop a beat or phrase starts says nothing about taste) and each crop's level shifted a little."""
+    if not len(mels):
+        return mels
+    shift = int(torch.randint(0, mels.shape[-1], (1,)))
+    return torch.roll(mels, shift, dims=-1) + 0.1 * torch.randn(len(mels), 1, 1)

@@ -12,15 +12,16 @@ from encoders.vision import IMAGE_DIM
 MODALITY_ORDER = ("text", "image", "audio")
 
 
-IMAGE_WEIGHT = 0.5  # the text head reads the image embedding at half weight beside the text embedding and tags
+TAG_FACTOR_WEIGHT = 1.5  # the text head reads the tags' target encoding (RMS-normalised) at this weight
 
 
-def head_input(feats: dict[str, torch.Tensor], has_image: torch.Tensor) -> torch.Tensor:
-    """What the text head reads: the text embedding, the item's tags where the model has a tag vocabulary, and the
-    image embedding where `has_image` (B,) says the item's image counts, so one linear map fits all frozen features
-    jointly."""
-    image = IMAGE_WEIGHT * feats["image"] * has_image[:, None].float()
-    return torch.cat([feats["text"], *([feats["tags"]] if "tags" in feats else []), image], dim=1)
+def head_input(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the text head reads: the text embedding, and the item's tags and their target encoding where the model
+    has them, so one linear map fits all metadata features jointly."""
+    tags = [feats["tags"]] if "tags" in feats else []
+    if "tag_factors" in feats:
+        tags.append(TAG_FACTOR_WEIGHT * feats["tag_factors"])
+    return torch.cat([feats["text"], *tags], dim=1)
 
 
 class Head(nn.Module):
@@ -56,14 +57,28 @@ class ThawNet(nn.Module):
     learned weighted mean over whichever modalities an item has (trained with modality dropout)."""
 
     def __init__(
-        self, *, dim: int, hidden: int = 256, dropout: float = 0.1, audio_dim: int = 128, tag_dim: int = 0
+        self,
+        *,
+        dim: int,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        audio_dim: int = 128,
+        tag_dim: int = 0,
+        tag_factor_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.config = {"dim": dim, "hidden": hidden, "dropout": dropout, "audio_dim": audio_dim, "tag_dim": tag_dim}
+        self.config = {
+            "dim": dim,
+            "hidden": hidden,
+            "dropout": dropout,
+            "audio_dim": audio_dim,
+            "tag_dim": tag_dim,
+            "tag_factor_dim": tag_factor_dim,
+        }
         self.audio = AudioCNN(dim=audio_dim)
         self.heads = nn.ModuleDict(
             {
-                "text": Head(TEXT_DIM + tag_dim + IMAGE_DIM, dim, hidden, dropout),
+                "text": Head(TEXT_DIM + tag_dim + tag_factor_dim, dim, hidden, dropout),
                 "image": Head(IMAGE_DIM, dim, hidden, dropout),
                 "audio": Head(audio_dim, dim, hidden, dropout),
             }
@@ -78,12 +93,13 @@ class ThawNet(nn.Module):
         return total / count[:, None]
 
     def forward(self, feats: dict[str, torch.Tensor], masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats: modality -> (B, n_in) plus "tags" (B, tag_dim), which the text head reads beside the text
-        embedding; masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and the per-modality predictions
-        (B, 3, dim)."""
-        if self.config["tag_dim"] and "tags" not in feats:
-            raise ValueError("this model's text head reads tags: apply its vocabulary first (Table.with_vocab)")
-        inputs = dict(feats, text=head_input(feats, masks[:, MODALITY_ORDER.index("image")]))
+        """feats: modality -> (B, n_in) plus "tags" (B, tag_dim) and "tag_factors" (B, tag_factor_dim), which the
+        text head reads beside the text embedding; masks: (B, 3) bool in MODALITY_ORDER. Returns fused (B, dim) and
+        the per-modality predictions (B, 3, dim)."""
+        for key, width in (("tags", "tag_dim"), ("tag_factors", "tag_factor_dim")):
+            if self.config[width] and key not in feats:
+                raise ValueError(f"this model's text head reads {key}: apply them first (Table.with_tags)")
+        inputs = dict(feats, text=head_input(feats))
         preds = torch.stack([self.heads[m](inputs[m]) for m in MODALITY_ORDER], dim=1)
         w = torch.exp(self.weights)[None, :] * masks.float()
         fused = (w[:, :, None] * preds).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)

@@ -1,11 +1,12 @@
-"""Encoders: metadata tags -> TF-IDF bag of `field=value` tokens (vocabulary fitted on a model's warm items),
-read beside the text embedding by the text head."""
+"""Encoders: metadata tags -> a TF-IDF bag of `field=value` tokens (vocabulary fitted on a model's warm items) and
+their target encoding onto the CF space (`TagFactors`), both read beside the text embedding by the text head."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,3 +55,93 @@ class TagVocab:
     @classmethod
     def from_json(cls, data: dict[str, list[str] | list[float]]) -> TagVocab:
         return cls([str(t) for t in data["tokens"]], [float(x) for x in data["idf"]])
+
+
+def tag_field(tag: str) -> str | None:
+    """The field of a `field=value` tag (`cast=Tom Hanks` -> `cast`); None for the `has:` / `len:` bookkeeping tags,
+    which say how much is known about an item rather than what it is."""
+    field, sep, _ = tag.partition("=")
+    return field if sep and not field.startswith(("has:", "len:")) else None
+
+
+class TagFactors:
+    """Target encoding of metadata tags onto the CF space: for every `field=value` tag, the sum and count of the
+    centred CF vectors of the warm items that carry it. An item's features are, per field, the mean over its tags of
+    sum / (count + smoothing), divided by the RMS norm of the centred vectors: a new film lands where the warm films
+    of its director, cast and writers sit. Tags no warm item carries contribute nothing.
+
+    >>> tf = TagFactors.fit([{"cast=A"}, {"cast=A", "cast=B"}], np.array([[1.0], [3.0]]), smoothing=0.0)
+    >>> tf.fields, tf.transform([{"cast=A"}]).tolist()  # centred vectors -1, +1 (RMS 1): cast=A averages 0
+    (['cast'], [[0.0]])
+    >>> tf.transform([{"cast=A"}, {"cast=A", "cast=B"}], own=np.array([[1.0], [3.0]])).tolist()  # leave-one-out
+    [[1.0], [-1.0]]
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        sums: np.ndarray,
+        counts: np.ndarray,
+        mean: np.ndarray,
+        scale: float,
+        smoothing: float,
+    ) -> None:
+        if sums.shape != (len(tokens), len(mean)) or counts.shape != (len(tokens),):
+            raise ValueError(f"expected sums ({len(tokens)}, {len(mean)}) and counts ({len(tokens)},)")
+        self.tokens, self.sums, self.counts = list(tokens), sums.astype(np.float64), counts.astype(np.float64)
+        self.mean, self.scale, self.smoothing = mean.astype(np.float64), float(scale), float(smoothing)
+        self.fields = sorted({f for t in self.tokens if (f := tag_field(t))})
+        self._index = {t: i for i, t in enumerate(self.tokens)}
+        self._field = {f: j for j, f in enumerate(self.fields)}
+
+    @classmethod
+    def fit(cls, tag_sets: Sequence[Iterable[str]], vectors: np.ndarray, *, smoothing: float = 3.0) -> TagFactors:
+        """`vectors[r]` is the CF vector of the item whose tags are `tag_sets[r]`."""
+        vectors = np.asarray(vectors, np.float64)
+        if len(tag_sets) != len(vectors) or not len(vectors):
+            raise ValueError(f"expected one vector per tag set, got {len(vectors)} for {len(tag_sets)}")
+        mean = vectors.mean(0)
+        centred = vectors - mean
+        scale = float(np.sqrt((centred**2).sum(1).mean())) or 1.0
+        tokens = sorted({t for tags in tag_sets for t in tags if tag_field(t)})
+        index = {t: i for i, t in enumerate(tokens)}
+        sums, counts = np.zeros((len(tokens), len(mean))), np.zeros(len(tokens))
+        for row, tags in zip(centred, tag_sets, strict=True):
+            cols = [index[t] for t in set(tags) if t in index]
+            sums[cols] += row
+            counts[cols] += 1
+        return cls(tokens, sums, counts, mean, scale, smoothing)
+
+    @property
+    def width(self) -> int:
+        return len(self.fields) * len(self.mean)
+
+    def transform(self, tag_sets: Sequence[Iterable[str]], own: np.ndarray | None = None) -> np.ndarray:
+        """(n, width) features. `own[r]`, for items the table was fitted on, is row r's own vector: it is left out
+        of its tags' sums, so training rows see what a new item would."""
+        d = len(self.mean)
+        out = np.zeros((len(tag_sets), len(self.fields), d))
+        for row, tags in enumerate(tag_sets):
+            mine = None if own is None else np.asarray(own[row], np.float64) - self.mean
+            parts: dict[int, list[np.ndarray]] = {}
+            for tag in set(tags):
+                if (i := self._index.get(tag)) is None:
+                    continue
+                total, count = (
+                    (self.sums[i], self.counts[i]) if mine is None else (self.sums[i] - mine, self.counts[i] - 1)
+                )
+                if count > 0:
+                    parts.setdefault(self._field[str(tag_field(tag))], []).append(total / (count + self.smoothing))
+            for j, vs in parts.items():
+                out[row, j] = np.mean(vs, axis=0)
+        return (out.reshape(len(tag_sets), -1) / self.scale).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums, "counts": self.counts, "mean": self.mean}
+
+    def to_json(self) -> dict[str, object]:
+        return {"tokens": self.tokens, "scale": self.scale, "smoothing": self.smoothing}
+
+    @classmethod
+    def load(cls, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> TagFactors:
+        return cls(data["tokens"], arrays["sums"], arrays["counts"], arrays["mean"], data["scale"], data["smoothing"])

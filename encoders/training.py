@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from api.blend import profile, score_items
 from encoders.artifacts import ItemInput, ThawModel, features
+from encoders.audio import augment
 from encoders.fusion import MODALITY_ORDER, Head, ThawNet, head_input
-from encoders.tags import TagVocab
+from encoders.tags import TagFactors, TagVocab
 from thaw.datasets import Dataset, Interactions, Split
 from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
 from thaw.factors import Factors, content_regularised_als, fit_als
@@ -78,8 +79,9 @@ def item_inputs(ds: Dataset, item_ids: list[str]) -> list[ItemInput]:
 
 @dataclass
 class Table:
-    """Cached content features of a set of items (frozen backbones run once); `feats["tags"]` appears once a
-    model's tag vocabulary is applied (`with_vocab`)."""
+    """Cached content features of a set of items (frozen backbones run once); `feats["tags"]` and
+    `feats["tag_factors"]` appear once a model's tag vocabulary and tag factors are applied (`with_vocab`,
+    `with_tag_factors`)."""
 
     ids: list[str]
     feats: dict[str, torch.Tensor]
@@ -101,6 +103,11 @@ class Table:
     def with_vocab(self, vocab: TagVocab) -> Table:
         tags = torch.from_numpy(vocab.transform(self.tags))
         return Table(self.ids, dict(self.feats, tags=tags), self.masks, self.mels, self.tags)
+
+    def with_tag_factors(self, factors: TagFactors, own: np.ndarray | None = None) -> Table:
+        """`own`: the rows' CF vectors, when `factors` were fitted on these items (leave-one-out)."""
+        z = torch.from_numpy(factors.transform(self.tags, own))
+        return Table(self.ids, dict(self.feats, tag_factors=z), self.masks, self.mels, self.tags)
 
     def batch(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         mels = [self.mels[i] for i in idx]
@@ -259,9 +266,9 @@ def init_ridge(
 
 
 def text_head_input(table: Table) -> torch.Tensor:
-    """The text head's input for a table's items (text embedding, tags, image embedding where the item has one):
-    what the content-regularised ALS maps from, too."""
-    return head_input(table.feats, table.masks[:, MODALITY_ORDER.index("image")])
+    """The text head's input for a table's items (text embedding, tags and their target encoding): what the
+    content-regularised ALS maps from, too."""
+    return head_input(table.feats)
 
 
 def content_factors(
@@ -271,28 +278,31 @@ def content_factors(
     val: Table,
     config: TrainConfig,
     val_pos: dict[str, set[str]],
-) -> tuple[Factors, dict[str, float]]:
+) -> tuple[Factors, TagFactors, dict[str, float]]:
     """Plain ALS or content-regularised ALS (each pull in `config.content_pulls` times each ridge lambda of the
     content map), whichever ranks cold validation items best when they are predicted by a ridge map from their
-    content features onto the resulting item factors. Returns the factors and the chosen pull and lambda (the text
-    head's ridge start uses the same lambda)."""
-    x_val = text_head_input(val)
+    content features (the tags' target encoding recomputed from the item factors at hand) onto the resulting item
+    factors. Returns the factors, their tag factors and the chosen pull and lambda (the text head's ridge start
+    uses the same lambda)."""
     rows = {item: k for k, item in enumerate(warm.ids)}
     with_content = np.array([item in rows for item in factors.item_ids])
-    x = text_head_input(warm)[[rows[i] for i in factors.item_ids if i in rows]]  # factor order, items with content
+    ordered = warm.subset([i for i in factors.item_ids if i in rows])  # factor order, items with content
 
-    def content_map(items: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return ridge_map(x, torch.from_numpy(items[with_content]).float(), lam)
+    def content_map(items: np.ndarray, lam: float) -> tuple[TagFactors, torch.Tensor, torch.Tensor]:
+        """The tag factors of `items` and the ridge map's predictions for the warm and the validation items."""
+        own = items[with_content]
+        tag_factors = TagFactors.fit(ordered.tags, own)
+        x = text_head_input(ordered.with_tag_factors(tag_factors, own))
+        w, b = ridge_map(x, torch.from_numpy(own).float(), lam)
+        return tag_factors, x @ w.T + b, text_head_input(val.with_tag_factors(tag_factors)) @ w.T + b
 
     def score(f: Factors, lam: float) -> float:
-        w, b = content_map(f.items, lam)
-        return cold_ndcg(f.user_ids, f.users, val.ids, (x_val @ w.T + b).numpy(), val_pos)
+        return cold_ndcg(f.user_ids, f.users, val.ids, content_map(f.items, lam)[2].numpy(), val_pos)
 
     def prior(lam: float) -> Callable[[np.ndarray], np.ndarray]:
         def where_content_puts(items: np.ndarray) -> np.ndarray:
-            w, b = content_map(items, lam)
             out = np.full(items.shape, np.nan)
-            out[with_content] = (x @ w.T + b).double().numpy()
+            out[with_content] = content_map(items, lam)[1].double().numpy()
             return out
 
         return where_content_puts
@@ -314,7 +324,7 @@ def content_factors(
         if (now := score(f, lam)) > best["cold_val_ndcg@20"]:
             best, chosen = {"pull": pull, "lambda": lam, "cold_val_ndcg@20": round(now, 4)}, f
     log.info("CF factors: content pull %s (linear map: cold-val NDCG@20 %s)", best["pull"], best["cold_val_ndcg@20"])
-    return chosen, best
+    return chosen, content_map(chosen.items, best["lambda"])[0], best
 
 
 def _loss(
@@ -387,7 +397,10 @@ def _train(
 
     uix = {u: i for i, u in enumerate(factors.user_ids)}
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in uix}
-    factors, pull = content_factors(warm_events, factors, warm, val, config, val_pos)
+    factors, tag_factors, pull = content_factors(warm_events, factors, warm, val, config, val_pos)
+    factor_row = {it: i for i, it in enumerate(factors.item_ids)}
+    targets = torch.from_numpy(factors.items[[factor_row[i] for i in warm.ids]])
+    warm, val = warm.with_tag_factors(tag_factors, targets.numpy()), val.with_tag_factors(tag_factors)
     meter.lap("content_als")
 
     iix = {it: i for i, it in enumerate(warm.ids)}
@@ -396,8 +409,6 @@ def _train(
         if i in iix:
             prefs[iix[i], uix[u]] = 1.0
     users = torch.from_numpy(factors.users)
-    factor_row = {it: i for i, it in enumerate(factors.item_ids)}
-    targets = torch.from_numpy(factors.items[[factor_row[i] for i in warm.ids]])
 
     def val_ndcg(net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
         pred = predict(net, val)
@@ -412,7 +423,7 @@ def _train(
         only[:, j] = have
         return cold_ndcg(factors.user_ids, factors.users, ids, predict(net, val, only)[have.numpy()], pos)
 
-    net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab))
+    net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab), tag_factor_dim=tag_factors.width)
     frozen_inputs = {"text": text_head_input(warm), "image": warm.feats["image"]}
     grids = {"text": [pull["lambda"]]}  # the text head starts at the content map the CF space was pulled toward
     ridge_lambdas = {}
@@ -458,7 +469,7 @@ def _train(
 
         def audio_loss(idx: list[int]) -> torch.Tensor:
             _, mel, owner, _ = warm.batch(idx)
-            return loss_of(net.heads["audio"](net.audio_embedding(mel, owner, len(idx))), idx)
+            return loss_of(net.heads["audio"](net.audio_embedding(augment(mel), owner, len(idx))), idx)
 
         audio_params = [*net.audio.parameters(), *net.heads["audio"].parameters()]
         audio_alone = functools.partial(val_ndcg_alone, j=AUDIO)
@@ -488,12 +499,15 @@ def _train(
                 loss = loss + 0.3 * loss_of(preds[have, j], [i for i, h in zip(idx, have.tolist(), strict=True) if h])
         return loss
 
+    present = warm.masks.any(0).tolist()
+    tune_fusion(net, val_ndcg, present)  # the linear heads, fused as validation says, are the start to beat
     trainable = [p for p in net.parameters() if p.requires_grad]
     best, histories["fused"] = fit(trainable, list(range(len(warm.ids))), fused_loss, val_ndcg, "residual heads")
     meter.lap("heads")
-    fusion = tune_fusion(net, val_ndcg, warm.masks.any(0).tolist())
+    fusion = tune_fusion(net, val_ndcg, present)
 
-    profiles = history_profiles(ds, warm.ids, predict(net, warm))
+    served = warm.with_tag_factors(tag_factors)  # as a served item's content vector is encoded: its own factors count
+    profiles = history_profiles(ds, warm.ids, predict(net, served))
     alphas = {a: val_ndcg(net, a, profiles) for a in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)}
     alpha = max(alphas, key=lambda a: (alphas[a], a))
     meter.lap("tuning")
@@ -514,6 +528,7 @@ def _train(
         "stages": meter.stages,
         "n_val_users": len(val_pos),
         "n_tags": len(vocab),
+        "n_tag_factor_fields": len(tag_factors.fields),
     }
     log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f", best, alpha)
     model = ThawModel(
@@ -525,6 +540,7 @@ def _train(
         item_factors=factors.items,
         config=cfg,
         vocab=vocab,
+        tag_factors=tag_factors,
         metrics=metrics,
     )
     return model

@@ -1,11 +1,11 @@
-"""Metadata tags: the tokens an item's fields give, and the TF-IDF vocabulary fitted on warm items."""
+"""Metadata tags: the tokens an item's fields give; the TF-IDF vocabulary and target encoding fit on warm items."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from encoders.tags import TagVocab
+from encoders.tags import TagFactors, TagVocab
 from thaw.schema import item_tags
 
 
@@ -68,3 +68,25 @@ def test_vocab_refuses_bad_arguments() -> None:
         TagVocab.fit([{"a"}], min_count=0)
     with pytest.raises(ValueError, match="one idf per token"):
         TagVocab(["a", "b"], [1.0])
+
+
+def test_tag_factors_by_hand() -> None:
+    """Three warm items with 1-d factors 0, 2, 4 (mean 2, centred -2, 0, 2, RMS sqrt(8/3)), smoothing 1."""
+    sets = [{"cast=A", "genres=X", "has:cast"}, {"cast=A", "cast=B"}, {"cast=B", "genres=X", "len:cast=1"}]
+    tf = TagFactors.fit(sets, np.array([[0.0], [2.0], [4.0]]), smoothing=1.0)
+    assert tf.fields == ["cast", "genres"] and tf.width == 2  # has: / len: tags are not encoded
+    rms = np.sqrt(8 / 3)
+    # a new item: cast A -> -2 / 3, cast B -> 2 / 3, their mean 0; genres X -> 0 / 3; an unseen tag adds nothing
+    np.testing.assert_allclose(tf.transform([{"cast=A", "cast=B", "genres=X", "cast=Z"}]), [[0.0, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(tf.transform([{"cast=B"}, set()]), [[2 / 3 / rms, 0.0], [0.0, 0.0]], rtol=1e-6)
+    # leave-one-out for the fitted rows: item 0 sees cast A as item 1 alone (0 / 2), genres X as item 2 (2 / 2)
+    loo = tf.transform(sets, own=np.array([[0.0], [2.0], [4.0]]))
+    np.testing.assert_allclose(loo[0], [0.0, 1 / rms], atol=1e-7)
+    np.testing.assert_allclose(loo[1], [np.mean([-2 / 2, 2 / 2]) / rms, 0.0], atol=1e-7)
+    again = TagFactors.load(tf.to_json(), tf.arrays())
+    np.testing.assert_array_equal(again.transform(sets), tf.transform(sets))
+
+
+def test_tag_factors_refuse_mismatched_rows() -> None:
+    with pytest.raises(ValueError, match="one vector per tag set"):
+        TagFactors.fit([{"cast=A"}], np.zeros((2, 3)))

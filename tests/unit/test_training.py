@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from encoders.fusion import Head
+from encoders.tags import TagFactors
 from encoders.training import TrainConfig, _loss, ridge_map, train, training_events
 from thaw.datasets import Split, load_dataset, split_items
+from thaw.schema import item_tags
 from thaw.synthetic import generate_catalog
 
 
@@ -82,3 +87,23 @@ def test_ridge_map_dual_form_equals_primal() -> None:
     w_primal = torch.linalg.solve(xc.T @ xc + 2.0 * torch.eye(80, dtype=torch.float64), xc.T @ (y.double() - ym)).T
     torch.testing.assert_close(w_dual, w_primal.float(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(b_dual, (ym - w_primal @ xm).float(), atol=1e-5, rtol=1e-4)
+
+
+def test_tag_factors_read_warm_items_only(tiny: Path, tmp_path: Path) -> None:
+    """The tags' target encoding is fitted on warm items' factors alone: a tag only cold items carry never enters
+    it, and it equals the encoding refitted from the warm items' tags and the model's item factors."""
+    split = split_items(load_dataset(tiny), seed=1)
+    cold = set(split.cold_val) | set(split.cold_test)
+    shutil.copytree(tiny, tmp_path / "cat", dirs_exist_ok=True)
+    rows = [json.loads(line) for line in (tiny / "items.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["studio"] = f"studio {int(row['item_id']) % 3}"
+        row["cast"] = ["only cold"] if row["item_id"] in cold else [f"actor {int(row['item_id']) % 4}"]
+    (tmp_path / "cat" / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ds = load_dataset(tmp_path / "cat")
+    model = train(ds, split, TrainConfig(factors=8, epochs=1, eval_every=1, hidden=16), progress=False)
+    assert model.tag_factors.fields == ["cast", "studio"] and "cast=only cold" not in model.tag_factors.tokens
+    refit = TagFactors.fit([item_tags(ds.items[i].fields) for i in model.item_ids], model.item_factors)
+    assert refit.tokens == model.tag_factors.tokens
+    np.testing.assert_allclose(refit.sums, model.tag_factors.sums, atol=1e-5)
+    np.testing.assert_array_equal(refit.counts, model.tag_factors.counts)
