@@ -280,29 +280,34 @@ def content_factors(
     val_pos: dict[str, set[str]],
 ) -> tuple[Factors, TagFactors, dict[str, float]]:
     """Plain ALS or content-regularised ALS (each pull in `config.content_pulls` times each ridge lambda of the
-    content map), whichever ranks cold validation items best when they are predicted by a ridge map from their
-    content features (the tags' target encoding recomputed from the item factors at hand) onto the resulting item
-    factors. Returns the factors, their tag factors and the chosen pull and lambda (the text head's ridge start
-    uses the same lambda)."""
+    content map from the frozen features), whichever ranks cold validation items best when they are predicted by a
+    ridge map from their content features, with the tags' target encoding of the resulting factors, onto those
+    factors. Returns the factors, their tag encoding and the chosen pull and lambda (the text head's ridge start uses
+    the same lambda)."""
     rows = {item: k for k, item in enumerate(warm.ids)}
     with_content = np.array([item in rows for item in factors.item_ids])
     ordered = warm.subset([i for i in factors.item_ids if i in rows])  # factor order, items with content
 
-    def content_map(items: np.ndarray, lam: float) -> tuple[TagFactors, torch.Tensor, torch.Tensor]:
-        """The tag factors of `items` and the ridge map's predictions for the warm and the validation items."""
+    def encoding(items: np.ndarray) -> TagFactors:
+        return TagFactors.fit(ordered.tags, items[with_content])
+
+    def content_map(items: np.ndarray, lam: float, tags: TagFactors | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ridge map from the warm items' content features (with the tags' target encoding `tags`, if given) onto
+        `items`; its predictions for the warm and the validation items."""
         own = items[with_content]
-        tag_factors = TagFactors.fit(ordered.tags, own)
-        x = text_head_input(ordered.with_tag_factors(tag_factors, own))
+        x = text_head_input(ordered if tags is None else ordered.with_tag_factors(tags, own))
         w, b = ridge_map(x, torch.from_numpy(own).float(), lam)
-        return tag_factors, x @ w.T + b, text_head_input(val.with_tag_factors(tag_factors)) @ w.T + b
+        return x @ w.T + b, text_head_input(val if tags is None else val.with_tag_factors(tags)) @ w.T + b
 
     def score(f: Factors, lam: float) -> float:
-        return cold_ndcg(f.user_ids, f.users, val.ids, content_map(f.items, lam)[2].numpy(), val_pos)
+        return cold_ndcg(f.user_ids, f.users, val.ids, content_map(f.items, lam, encoding(f.items))[1].numpy(), val_pos)
 
     def prior(lam: float) -> Callable[[np.ndarray], np.ndarray]:
         def where_content_puts(items: np.ndarray) -> np.ndarray:
+            """Frozen features only: the tags' encoding of the factors being solved would pull them toward
+            themselves (measured: cold validation 0.3930 with it, 0.4019 without, three MovieLens seeds)."""
             out = np.full(items.shape, np.nan)
-            out[with_content] = content_map(items, lam)[1].double().numpy()
+            out[with_content] = content_map(items, lam, None)[0].double().numpy()
             return out
 
         return where_content_puts
@@ -324,7 +329,7 @@ def content_factors(
         if (now := score(f, lam)) > best["cold_val_ndcg@20"]:
             best, chosen = {"pull": pull, "lambda": lam, "cold_val_ndcg@20": round(now, 4)}, f
     log.info("CF factors: content pull %s (linear map: cold-val NDCG@20 %s)", best["pull"], best["cold_val_ndcg@20"])
-    return chosen, content_map(chosen.items, best["lambda"])[0], best
+    return chosen, encoding(chosen.items), best
 
 
 def _loss(
