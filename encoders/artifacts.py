@@ -36,7 +36,7 @@ __all__ = [
     "set_active",
 ]
 FORMAT = 5  # 2: heads are linear (ridge-initialised) + residual MLP; 3: + tag vocabulary (tags.json); 4: the text
-# head reads the image embedding too; 5: and the tags' target encoding (tag_factors.json, tag_factors.safetensors)
+# head reads the image embedding too; 5: it reads the tags' target encoding instead (tag_factors.json, .safetensors)
 
 
 @dataclass
@@ -119,7 +119,7 @@ class ThawModel:
         widths = {"tag_dim": len(vocab), "tag_factor_dim": tag_factors.width}
         for key, width in widths.items():
             if int(net.config.get(key, 0)) != width:
-                raise ValueError(f"the text head reads {net.config.get(key, 0)} {key} features but has {width}")
+                raise ValueError(f"the text head expects {key} {net.config.get(key, 0)}, the tag features give {width}")
         self.net = net.eval()
         self.vocab, self.tag_factors = vocab, tag_factors
         self.version = version

@@ -98,7 +98,7 @@ class ThawNet(nn.Module):
         the per-modality predictions (B, 3, dim)."""
         for key, width in (("tags", "tag_dim"), ("tag_factors", "tag_factor_dim")):
             if self.config[width] and key not in feats:
-                raise ValueError(f"this model's text head reads {key}: apply them first (Table.with_tags)")
+                raise ValueError(f"the text head reads {key}: add them first (Table.with_vocab, .with_tag_factors)")
         inputs = dict(feats, text=head_input(feats))
         preds = torch.stack([self.heads[m](inputs[m]) for m in MODALITY_ORDER], dim=1)
         w = torch.exp(self.weights)[None, :] * masks.float()
