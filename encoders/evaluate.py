@@ -73,10 +73,7 @@ def run_protocol(
     test_ids = [i for i in split.cold_test if i in set(features.ids)]
     val_ids = [i for i in split.cold_val if i in set(features.ids)]
     warm_ids = [i for i in model.item_ids if i in set(features.ids)]
-    test, val, warm = (
-        features.subset(ids).with_vocab(model.vocab).with_tag_factors(model.tag_factors)
-        for ids in (test_ids, val_ids, warm_ids)
-    )
+    test, val, warm = (features.subset(ids).for_model(model) for ids in (test_ids, val_ids, warm_ids))
     positives = {u: p for u, p in user_positives(ds.interactions, test_ids).items() if u in set(model.user_ids)}
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in set(model.user_ids)}
     methods: dict[str, dict[str, float]] = {}

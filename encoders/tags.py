@@ -92,7 +92,8 @@ class TagFactors:
         self.mean, self.scale, self.smoothing = mean.astype(np.float64), float(scale), float(smoothing)
         self.fields = sorted({f for t in self.tokens if (f := tag_field(t))})
         self._index = {t: i for i, t in enumerate(self.tokens)}
-        self._field = {f: j for j, f in enumerate(self.fields)}
+        column = {f: j for j, f in enumerate(self.fields)}
+        self._column = [column[str(tag_field(t))] for t in self.tokens]  # each token's field block
 
     @classmethod
     def fit(cls, tag_sets: Sequence[Iterable[str]], vectors: np.ndarray, *, smoothing: float = 3.0) -> TagFactors:
@@ -131,7 +132,7 @@ class TagFactors:
                     (self.sums[i], self.counts[i]) if mine is None else (self.sums[i] - mine, self.counts[i] - 1)
                 )
                 if count > 0:
-                    parts.setdefault(self._field[str(tag_field(tag))], []).append(total / (count + self.smoothing))
+                    parts.setdefault(self._column[i], []).append(total / (count + self.smoothing))
             for j, vs in parts.items():
                 out[row, j] = np.mean(vs, axis=0)
         return (out.reshape(len(tag_sets), -1) / self.scale).astype(np.float32)

@@ -109,6 +109,10 @@ class Table:
         z = torch.from_numpy(factors.transform(self.tags, own))
         return Table(self.ids, dict(self.feats, tag_factors=z), self.masks, self.mels, self.tags)
 
+    def for_model(self, model: ThawModel) -> Table:
+        """The table with everything a trained model's text head reads beside the frozen features."""
+        return self.with_vocab(model.vocab).with_tag_factors(model.tag_factors)
+
     def batch(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         mels = [self.mels[i] for i in idx]
         owner = torch.tensor([j for j, m in enumerate(mels) for _ in range(len(m))], dtype=torch.long)
@@ -265,12 +269,6 @@ def init_ridge(
     return chosen
 
 
-def text_head_input(table: Table) -> torch.Tensor:
-    """The text head's input for a table's items (text embedding, tags and their target encoding): what the
-    content-regularised ALS maps from, too."""
-    return head_input(table.feats)
-
-
 def content_factors(
     events: Interactions,
     factors: Factors,
@@ -295,9 +293,9 @@ def content_factors(
         """Ridge map from the warm items' content features (with the tags' target encoding `tags`, if given) onto
         `items`; its predictions for the warm and the validation items."""
         own = items[with_content]
-        x = text_head_input(ordered if tags is None else ordered.with_tag_factors(tags, own))
+        x = head_input((ordered if tags is None else ordered.with_tag_factors(tags, own)).feats)
         w, b = ridge_map(x, torch.from_numpy(own).float(), lam)
-        return x @ w.T + b, text_head_input(val if tags is None else val.with_tag_factors(tags)) @ w.T + b
+        return x @ w.T + b, head_input((val if tags is None else val.with_tag_factors(tags)).feats) @ w.T + b
 
     def score(f: Factors, lam: float) -> float:
         return cold_ndcg(f.user_ids, f.users, val.ids, content_map(f.items, lam, encoding(f.items))[1].numpy(), val_pos)
@@ -429,7 +427,7 @@ def _train(
         return cold_ndcg(factors.user_ids, factors.users, ids, predict(net, val, only)[have.numpy()], pos)
 
     net = ThawNet(dim=config.factors, hidden=config.hidden, tag_dim=len(vocab), tag_factor_dim=tag_factors.width)
-    frozen_inputs = {"text": text_head_input(warm), "image": warm.feats["image"]}
+    frozen_inputs = {"text": head_input(warm.feats), "image": warm.feats["image"]}
     grids = {"text": [pull["lambda"]]}  # the text head starts at the content map the CF space was pulled toward
     ridge_lambdas = {}
     if config.ridge_init:

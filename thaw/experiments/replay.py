@@ -109,7 +109,7 @@ def replay(
     featured = set(features.ids)
     cat_ids = sorted(i for i in set(split.warm) | set(split.cold_test) if i in featured)
     cix = {item: j for j, item in enumerate(cat_ids)}
-    table = features.subset(cat_ids).with_vocab(model.vocab).with_tag_factors(model.tag_factors)
+    table = features.subset(cat_ids).for_model(model)
     content = predict(model.net, table)
     knn = knn_matrix(table.feats["text"].numpy(), table.feats["image"].numpy())
     cf = np.full(content.shape, np.nan, np.float32)
@@ -139,7 +139,7 @@ def replay(
             if train_stamps is not None:
                 first_ts[cix[item]] = min(first_ts.get(cix[item], np.inf), float(train_stamps[row]))
     warm_with_features = [i for i in model.item_ids if i in featured]
-    warm_table = features.subset(warm_with_features).with_vocab(model.vocab).with_tag_factors(model.tag_factors)
+    warm_table = features.subset(warm_with_features).for_model(model)
     profiles = history_profiles(held.train, warm_with_features, predict(model.net, warm_table))
 
     ev = held.events
