@@ -1,14 +1,18 @@
-"""API: typed dependencies (runtime, API keys) that tests override."""
+"""API: typed dependencies (runtime, database session, dispatcher, API keys) that tests override."""
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
 
 from indexer.collections import pin_aliases
-from thaw.runtime import Runtime
+from services.dispatch import Dispatcher
+from services.jobs import ReembedDefaults
+from services.runtime import Runtime
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -16,7 +20,25 @@ def get_runtime(request: Request) -> Runtime:
     return rt
 
 
+def get_session(rt: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
+    with rt.session() as session:
+        yield session
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
+
+
+def get_reembed_defaults(request: Request) -> ReembedDefaults:
+    defaults: ReembedDefaults = request.app.state.reembed_defaults
+    return defaults
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SessionDep = Annotated[Session, Depends(get_session)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+ReembedDefaultsDep = Annotated[ReembedDefaults, Depends(get_reembed_defaults)]
 
 
 def require_api_key(request: Request) -> None:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from thaw.schema import VectorName, check_id
+from thaw.errors import InvalidInputError
+from thaw.schema import JobStatus, VectorName, check_id
 
 MetadataValue = str | int | float | bool | list[str | int | float] | None
 
@@ -15,7 +16,7 @@ MetadataValue = str | int | float | bool | list[str | int | float] | None
 def check_metadata(value: object) -> dict[str, Any]:
     """Metadata must be a JSON object of text fields (strings, numbers, lists of them)."""
     if not isinstance(value, dict):
-        raise ValueError(f"metadata must be a JSON object of text fields, got {type(value).__name__}")
+        raise InvalidInputError(f"metadata must be a JSON object of text fields, got {type(value).__name__}")
     for key, v in value.items():
         ok = (
             isinstance(v, str | int | float | bool)
@@ -23,7 +24,9 @@ def check_metadata(value: object) -> dict[str, Any]:
             or (isinstance(v, list) and all(isinstance(x, str | int | float) for x in v))
         )
         if not ok:
-            raise ValueError(f"metadata field {key!r} must be a string, number or list of them, got {type(v).__name__}")
+            raise InvalidInputError(
+                f"metadata field {key!r} must be a string, number or list of them, got {type(v).__name__}"
+            )
     return value
 
 
@@ -81,7 +84,7 @@ class JobProgress(BaseModel):
 class JobPublic(BaseModel):
     job_id: str
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: JobStatus
     error: str | None = None
     item_id: str | None = None
     attempts: int = 0
@@ -127,7 +130,6 @@ class ModelVersionPublic(BaseModel):
 
 class ModelVersions(BaseModel):
     served: str | None  # where the `items`/`users` aliases point: the serving truth
-    model_pointer: str | None  # the models directory's ACTIVE file, which follows the alias
     running_job: str | None = None
     versions: list[ModelVersionPublic]
 
@@ -204,7 +206,7 @@ class ExperimentCreate(BaseModel):
 
     @model_validator(mode="after")
     def _valid(self) -> ExperimentCreate:
-        from thaw.experiments.policies import Policy
+        from thaw.experiments.policies import make_policy
         from thaw.experiments.spec import Arm, spec_problems
 
         problems, arms = [], []
@@ -212,7 +214,7 @@ class ExperimentCreate(BaseModel):
             if self.kind == "ab" and a.share is None:
                 problems.append(f"arm {a.name!r} needs a share in an A/B experiment")
             try:
-                arms.append(Arm(a.name, Policy(a.policy, a.alpha, a.model_version), a.share or 0.5))
+                arms.append(Arm(a.name, make_policy(a.policy, a.alpha, a.model_version), a.share or 0.5))
             except ValueError as exc:
                 problems.append(f"arm {a.name!r}: {exc}")
         if not problems:

@@ -15,10 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from encoders.linear import ridge_map  # noqa: E402
 from encoders.text import _model  # noqa: E402
-from encoders.training import TrainConfig, _loss, cold_ndcg, ridge_map, warm_factors  # noqa: E402
+from encoders.training import TrainConfig, loss_fn, warm_factors  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
-from thaw.evaluation import user_positives  # noqa: E402
+from thaw.evaluation import (
+    cold_ndcg,  # noqa: E402
+    user_positives,  # noqa: E402
+)
 
 
 @torch.no_grad()
@@ -104,7 +108,7 @@ def main() -> None:
             idx = order[start : start + 32]
             states, mask = cache["warm"]
             pred = embed(states[idx], mask[idx], train=True) @ w.T + b
-            loss = _loss(config.loss, pred, targets[idx], users, prefs[idx], config.als_alpha)
+            loss = loss_fn(config.loss, pred, targets[idx], users, prefs[idx], config.als_alpha)
             opt.zero_grad()
             loss.backward()
             opt.step()

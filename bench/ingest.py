@@ -17,14 +17,17 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from encoders.artifacts import ItemInput, save_version, set_active  # noqa: E402
-from encoders.training import TrainConfig, item_inputs, train  # noqa: E402
+from encoders.artifacts import save_version  # noqa: E402
+from encoders.features import ItemInput, item_inputs  # noqa: E402
+from encoders.training import TrainConfig, train  # noqa: E402
+from entrypoints.demo import Server, upload  # noqa: E402
+from entrypoints.runtime import build_runtime  # noqa: E402
+from services.embedding import index_dataset  # noqa: E402
+from services.events import import_interactions  # noqa: E402
+from thaw.client import wait_job  # noqa: E402
 from thaw.datasets import Item, load_dataset, split_items  # noqa: E402
-from thaw.demo import Server, import_interactions, upload, wait_job  # noqa: E402
-from thaw.runtime import Runtime  # noqa: E402
 from thaw.settings import Settings  # noqa: E402
 from thaw.synthetic import generate_catalog  # noqa: E402
-from workers.pipeline import index_dataset  # noqa: E402
 
 MODES = {"text": ("text",), "image": ("image",), "audio": ("audio",), "all": ("text", "image", "audio")}
 
@@ -47,12 +50,11 @@ def main() -> None:
     ds = load_dataset(generate_catalog(root / "catalog", n_items=400, n_users=300, seed=1))
     split = split_items(ds, seed=0)
     settings = Settings(data_dir=root / "state")
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
     model = train(ds, split, TrainConfig(epochs=10), progress=False)
-    save_version(model, settings.models_dir)
-    set_active(settings.models_dir, model.version)
+    save_version(model, rt.registry)
     index_dataset(rt, model, ds, split.warm)
-    import_interactions(rt, ds, split.warm)
+    import_interactions(rt, ds.interactions.for_items(split.warm))
     full = [ds.items[i] for i in sorted(ds.items) if len(ds.items[i].modalities) == 3][: args.items]
     results: dict[str, dict[str, float]] = {}
     with Server(settings, rt) as server, httpx.Client(base_url=server.url, timeout=120) as client:

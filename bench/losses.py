@@ -10,7 +10,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from encoders.evaluate import catalogue_features, run_protocol  # noqa: E402
+from encoders.evaluate import run_protocol  # noqa: E402
+from encoders.features import catalogue_features  # noqa: E402
 from encoders.training import TrainConfig  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
 

@@ -27,13 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from encoders.artifacts import ThawModel, save_version  # noqa: E402
 from encoders.training import TrainConfig, train  # noqa: E402
+from entrypoints.demo import upload  # noqa: E402
+from entrypoints.runtime import build_celery, build_runtime  # noqa: E402
+from services.db import ItemRecord  # noqa: E402
+from services.embedding import index_dataset, item_input  # noqa: E402
+from services.events import import_interactions  # noqa: E402
+from services.runtime import Runtime  # noqa: E402
+from tests.helpers import free_port, wait_port  # noqa: E402
+from thaw.client import wait_job  # noqa: E402
 from thaw.datasets import load_dataset, split_items  # noqa: E402
-from thaw.db import ItemRecord  # noqa: E402
-from thaw.demo import free_port, import_interactions, upload, wait_job, wait_port  # noqa: E402
-from thaw.runtime import Runtime  # noqa: E402
 from thaw.settings import Settings  # noqa: E402
-from workers.app import make_celery  # noqa: E402
-from workers.pipeline import index_dataset, item_input  # noqa: E402
 
 
 def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dict[str, float]:
@@ -47,7 +50,7 @@ def raw_encoder(rt: Runtime, version: str, chunk_size: int, threads: int) -> dic
     t = time.perf_counter()
     inputs = [item_input(rt, r) for r in records]
     decode_s = time.perf_counter() - t
-    model = ThawModel.load(rt.models_dir / version)
+    model = ThawModel.load(rt.registry.path(version))
     model.encode(inputs[:2])  # warm-up
     t = time.perf_counter()
     for start in range(0, len(inputs), chunk_size):
@@ -91,17 +94,17 @@ def main() -> None:
     )
     wait_port(port)
     settings = Settings(data_dir=root / "state", broker_url=broker, reembed_chunk_size=args.chunk_size)
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
     v1 = train(ds, split, TrainConfig(epochs=10), progress=False)
-    save_version(v1, settings.models_dir)
+    save_version(v1, rt.registry)
     v2 = train(ds, split, TrainConfig(epochs=10, seed=1, factors=16), progress=False)  # other vector sizes
-    save_version(v2, settings.models_dir)
+    save_version(v2, rt.registry)
     for _ in range(3):  # v3..v5: v2's weights, so every run does the same work into fresh collections
-        v2.version = ""
-        save_version(v2, settings.models_dir)
+        v2.config = v2.config.model_copy(update={"version": ""})
+        save_version(v2, rt.registry)
     items = [i for i in sorted(ds.items) if len(ds.items[i].modalities) == 3][: args.items]
     index_dataset(rt, v1, ds, items)
-    import_interactions(rt, ds, split.warm)
+    import_interactions(rt, ds.interactions.for_items(split.warm))
     env = {
         **os.environ,
         "THAW_DATA_DIR": str(settings.data_dir),
@@ -112,13 +115,13 @@ def main() -> None:
     }
     api_port = free_port()
     api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(api_port)]
+        [sys.executable, "-m", "uvicorn", "entrypoints.runtime:create_app", "--factory", "--port", str(api_port)]
         + ["--log-level", "warning"],
         env=env,
         cwd=ROOT,
     )
     wait_port(api_port)
-    control = make_celery(settings).control
+    control = build_celery(settings).control
     import torch
 
     default_threads = torch.get_num_threads()
@@ -131,7 +134,7 @@ def main() -> None:
                 raw = raw_encoder(rt, version, args.chunk_size, threads)  # baseline, with no worker running
                 workers = [
                     subprocess.Popen(
-                        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo", "-c", "1"]
+                        [sys.executable, "-m", "celery", "-A", "entrypoints.worker", "worker", "-P", "solo", "-c", "1"]
                         + ["--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "WARNING"]
                         + ["-n", f"bench{k}@%h"],
                         env={**env, "OMP_NUM_THREADS": str(threads)},

@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 from sqlalchemy.orm import Session
 
+from entrypoints.demo import Server
+from entrypoints.runtime import build_runtime
 from indexer.collections import ITEMS, USERS, activate, ensure_collections
 from indexer.writer import ItemPoint, upsert_items, upsert_users
-from thaw.db import Interaction
-from thaw.demo import Server
-from thaw.runtime import Runtime
+from services.db import Interaction
 from thaw.settings import Settings
 
 DIM, TEXT = 32, 384
@@ -35,7 +35,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def run(n_items: int, queries: int, rng: np.random.Generator) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="thaw-search-"))
     settings = Settings(data_dir=root)
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
     version = "v1"
     (settings.models_dir / version).mkdir(parents=True)
     (settings.models_dir / version / "config.json").write_text(json.dumps({"version": version, "alpha": 0.7}))

@@ -9,7 +9,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from workers.media import audio_crops
+from thaw.media import audio_crops
 
 SAMPLE_RATE = 16000
 CROP_SECONDS = 3.0

@@ -12,28 +12,13 @@ import numpy as np
 import scipy.fft
 import torch
 
-from encoders.fusion import MODALITY_ORDER
-from encoders.training import (
-    Table,
-    TrainConfig,
-    content_table,
-    history_profiles,
-    item_inputs,
-    predict,
-    rank_cold,
-    train,
-    warm_factors,
-)
+from encoders.features import Table
+from encoders.fusion import MODALITY_ORDER, predict
+from encoders.training import TrainConfig, train, warm_factors
 from thaw.datasets import Dataset, Split
-from thaw.evaluation import evaluate_rankings, rank_by_scores, user_positives
+from thaw.evaluation import evaluate_rankings, history_profiles, rank_by_scores, rank_cold, user_positives
 
 KS = (20, 100)
-
-
-def catalogue_features(ds: Dataset, *, progress: bool = True) -> Table:
-    """Frozen-backbone features of every item with content, computed once for all seeds and methods."""
-    ids = [i for i in sorted(ds.items) if ds.items[i].modalities]
-    return content_table(item_inputs(ds, ids), progress=progress)
 
 
 def _content_matrix(table: Table) -> np.ndarray:
@@ -73,7 +58,7 @@ def run_protocol(
     test_ids = [i for i in split.cold_test if i in set(features.ids)]
     val_ids = [i for i in split.cold_val if i in set(features.ids)]
     warm_ids = [i for i in model.item_ids if i in set(features.ids)]
-    test, val, warm = (features.subset(ids).for_model(model) for ids in (test_ids, val_ids, warm_ids))
+    test, val, warm = (model.prepare(features.subset(ids)) for ids in (test_ids, val_ids, warm_ids))
     positives = {u: p for u, p in user_positives(ds.interactions, test_ids).items() if u in set(model.user_ids)}
     val_pos = {u: p for u, p in user_positives(ds.interactions, val_ids).items() if u in set(model.user_ids)}
     methods: dict[str, dict[str, float]] = {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from encoders.audio import AudioCNN
+from encoders.features import Table, chunks
 from encoders.text import TEXT_DIM
 from encoders.vision import IMAGE_DIM
 
@@ -104,3 +106,23 @@ class ThawNet(nn.Module):
         w = torch.exp(self.weights)[None, :] * masks.float()
         fused = (w[:, :, None] * preds).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)
         return fused, preds
+
+
+@torch.no_grad()
+def audio_embeddings(net: ThawNet, table: Table) -> torch.Tensor:
+    """(n, audio_dim) CNN embeddings of the table's items (zeros where an item has no audio)."""
+    net.eval()
+    parts = [net.audio_embedding(*table.batch(idx)[1:3], len(idx)) for idx in chunks(len(table.ids))]
+    return torch.cat(parts) if parts else torch.zeros(0, int(net.config["audio_dim"]))
+
+
+@torch.no_grad()
+def predict(net: ThawNet, table: Table, masks: torch.Tensor | None = None) -> np.ndarray:
+    """The fused predicted factors of a table's items (`masks`: which modalities each item may use)."""
+    audio = audio_embeddings(net, table)
+    out = []
+    for idx in chunks(len(table.ids)):
+        feats, _, _, m = table.batch(idx)
+        feats["audio"] = audio[idx]
+        out.append(net(feats, m if masks is None else masks[idx])[0].numpy())
+    return np.concatenate(out) if out else np.zeros((0, int(net.config["dim"])), np.float32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import re
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,13 +12,15 @@ from pathlib import Path
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
+from thaw.errors import UnavailableError
+from thaw.registry import version_key
 from thaw.schema import CF, CONTENT
 
 ITEMS = "items"  # alias of the active items collection
 USERS = "users"  # alias of the active users collection
 
 
-class IndexError_(RuntimeError):
+class IndexError_(UnavailableError):
     """The index is missing something a request needs (no active collection, unknown alias)."""
 
 
@@ -36,12 +37,6 @@ def pin_aliases() -> None:
 
 def collection_name(kind: str, version: str) -> str:
     return f"{kind}__{version}"
-
-
-def version_key(version: str) -> tuple[int, str]:
-    """Order versions v1 < v2 < v10; names outside the vN scheme sort first, by name."""
-    match = re.fullmatch(r"v(\d+)", version)
-    return (int(match.group(1)), "") if match else (-1, version)
 
 
 class Index:

@@ -10,6 +10,7 @@ import numpy as np
 from qdrant_client.http import models as qm
 
 from indexer.collections import ITEMS, USERS, Index
+from thaw.errors import NotFoundError
 from thaw.schema import CF, CONTENT, point_id, user_point_id
 
 
@@ -21,7 +22,7 @@ class Hit:
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class NotIndexedError(LookupError):
+class NotIndexedError(NotFoundError):
     """The item or user is not in the index (or lacks the vector asked for)."""
 
 
@@ -182,6 +183,18 @@ def get_user(index: Index, user_id: str, *, collection: str = USERS) -> tuple[np
     if not recs:
         return None
     return _vectors(recs[0].vector)[CF], recs[0].payload or {}
+
+
+def get_users(index: Index, user_ids: list[str], *, collection: str = USERS) -> dict[str, np.ndarray]:
+    """The CF vectors of those of `user_ids` that are in the users collection, in one read."""
+    if not user_ids:
+        return {}
+    with index.session() as client:
+        recs = client.retrieve(
+            index.collection(client, collection), [user_point_id(u) for u in user_ids], with_vectors=[CF]
+        )
+    ids = {user_point_id(u): u for u in user_ids}
+    return {ids[str(r.id)]: _vectors(r.vector)[CF] for r in recs}
 
 
 def payloads(

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from thaw.datasets import Interactions
+from thaw.datasets import Dataset, Interactions
+from thaw.scoring import profile, score_items
 
 
 def recall_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
@@ -61,3 +62,52 @@ def rank_by_scores(scores: np.ndarray, item_ids: Sequence[str]) -> list[str]:
     """Item ids sorted by descending score (ties broken by position, so results are deterministic)."""
     order = np.argsort(-scores, kind="stable")
     return [item_ids[i] for i in order]
+
+
+def rank_cold(
+    user_ids: list[str],
+    user_factors: np.ndarray,
+    cold_ids: list[str],
+    cold_pred: np.ndarray,
+    positives: Mapping[str, set[str]],
+    *,
+    alpha: float = 1.0,
+    profiles: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, list[str]]:
+    """Every user with cold positives ranks all cold items by the blended score (alpha=1: CF score only)."""
+    uix = {u: i for i, u in enumerate(user_ids)}
+    out = {}
+    for user in positives:
+        if user not in uix:
+            continue
+        prof = (profiles or {}).get(user)
+        scores = score_items(user_factors[uix[user]], cold_pred, cold_pred if prof is not None else None, prof, alpha)
+        out[user] = rank_by_scores(scores, cold_ids)
+    return out
+
+
+def cold_ndcg(
+    user_ids: list[str],
+    user_factors: np.ndarray,
+    cold_ids: list[str],
+    cold_pred: np.ndarray,
+    positives: Mapping[str, set[str]],
+    *,
+    alpha: float = 1.0,
+    profiles: Mapping[str, np.ndarray] | None = None,
+) -> float:
+    """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none)."""
+    if not positives:
+        return 0.0
+    ranks = rank_cold(user_ids, user_factors, cold_ids, cold_pred, positives, alpha=alpha, profiles=profiles)
+    return evaluate_rankings(ranks, positives, n_items=len(cold_ids), ks=(20,))["ndcg@20"]
+
+
+def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Each user's content profile: the centroid of the predicted vectors of their warm items."""
+    index = {item: i for i, item in enumerate(warm_ids)}
+    rows: dict[str, list[np.ndarray]] = {}
+    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
+        if item in index:
+            rows.setdefault(user, []).append(warm_pred[index[item]])
+    return {u: p for u, vs in rows.items() if (p := profile(vs)) is not None}

@@ -112,6 +112,22 @@ def fold_in(
     return np.linalg.solve(a, b).astype(np.float32)
 
 
+def fold_in_events(
+    fixed: np.ndarray,
+    weights: np.ndarray,
+    *,
+    reg: float,
+    alpha: float,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """A new row's factors from its events, as training would solve it: confidences 1 + alpha * weight (the
+    `confidence_matrix` of training) and, with `gram` = Y^T Y of the other side's learned factors, the unobserved
+    entries counted too (implicit's exact update; a row with little evidence stays near zero). The one fold-in that
+    serving, re-embedding and the offline replay use, for a user from their history and for an item from its
+    audience."""
+    return fold_in(fixed, 1.0 + alpha * np.asarray(weights, np.float64), reg, gram=gram)
+
+
 def content_regularised_als(
     interactions: Interactions,
     start: Factors,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from enum import StrEnum
 from typing import Literal, get_args
+
+from thaw.errors import InvalidInputError
 
 Modality = Literal["text", "image", "audio"]
 MODALITIES: tuple[Modality, ...] = get_args(Modality)
@@ -14,6 +17,31 @@ CF = "cf"  # learned (or folded-in) collaborative-filtering factors; items with 
 CONTENT = "content"  # factors predicted from content by the fused encoders
 CF_SOURCE = "cf_source"  # payload key: "als" where the CF vector is the version's learned factors (events keep it)
 VectorName = Literal["content", "cf", "text", "image", "audio"]
+
+
+class JobStatus(StrEnum):
+    """A job's life: queued -> running -> succeeded | failed (a transient failure puts it back to queued)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class ItemStatus(StrEnum):
+    """One item of a re-embedding job: pending -> done | failed."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
 
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 _ITEM_ID_RE = re.compile(ITEM_ID_PATTERN)
@@ -27,7 +55,7 @@ MAX_TAG_CHARS = 48
 _YEAR_RE = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(InvalidInputError):
     """An item or user id that is empty, too long or has characters outside [A-Za-z0-9._:-]."""
 
 

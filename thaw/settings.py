@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'thaw.db').resolve()}"
+        return self.database_url or f"sqlite:///{(self.data_dir / 'services.db').resolve()}"
 
     @property
     def embedded_broker(self) -> bool:

@@ -1,33 +1,49 @@
-"""Workers: the Celery app, configured from settings (filesystem transport embedded, Redis/RabbitMQ at scale).
-
-`celery -A workers.app worker` runs a worker process; the embedded default runs one inside `thaw serve`.
-"""
+"""Workers: the Celery app (built by the entry point, never at import), the embedded worker thread, and the
+dispatcher through which services send tasks."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 
 from celery import Celery
 from kombu import Exchange, Queue
 
-from thaw.settings import Settings
+from services.dispatch import BrokerUnavailableError
+
+EMBED = "thaw.embed_item"
+REEMBED = "thaw.reembed_chunk"
 
 
-def make_celery(settings: Settings) -> Celery:
+@dataclass(frozen=True)
+class QueueConfig:
+    """Where tasks go: `broker_url` (Redis, RabbitMQ), or None for the filesystem transport under `embedded_dir`."""
+
+    broker_url: str | None
+    embedded_dir: Path
+    visibility_timeout: int = 3600
+    max_retries: int = 5
+
+
+def make_celery(config: QueueConfig) -> Celery:
     """Uploads go to the `celery` queue, re-embedding chunks to `reembed`; every worker consumes both, taking from
     them in turn, so a long re-embedding job does not hold back the uploads that arrive while it runs."""
-    app = Celery("thaw", broker=settings.celery_broker, include=["workers.tasks"])
-    options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout}
-    if settings.embedded_broker:
-        queue = settings.broker_dir / "queue"
+    app = Celery("thaw", include=["workers.tasks"])
+    options: dict[str, object] = {"visibility_timeout": config.visibility_timeout}
+    broker = config.broker_url
+    if broker is None:
+        queue = config.embedded_dir / "queue"
         queue.mkdir(parents=True, exist_ok=True)
+        broker = "filesystem://localhost//"  # the host is ignored; naming one keeps kombu quiet
         options = {
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
-            "control_folder": str(settings.broker_dir / "control"),  # exchange bindings: per data dir, not the cwd
+            "control_folder": str(config.embedded_dir / "control"),  # exchange bindings: per data dir, not the cwd
             "polling_interval": 0.05,
         }
     app.conf.update(
+        broker_url=broker,
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",
@@ -39,15 +55,35 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         task_default_queue="celery",
         task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in ("celery", "reembed")),
-        task_routes={"thaw.reembed_chunk": {"queue": "reembed"}},
-        thaw_max_retries=settings.task_max_retries,
+        task_routes={REEMBED: {"queue": "reembed"}},
+        thaw_max_retries=config.max_retries,
     )
     return app
 
 
-def start_embedded_worker(app: Celery) -> tuple[threading.Thread, object]:
-    """Run a real Celery worker (solo pool) on a thread of this process: the embedded default, where Qdrant's
-    on-disk storage belongs to one process. Returns the thread and the worker, whose `stop()` ends it."""
+class CeleryDispatcher:
+    """Services' Dispatcher over a Celery app: tasks are sent by name, so the sender need not import the tasks."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def _send(self, name: str, args: list[object]) -> None:
+        try:
+            self.app.send_task(name, args=args)
+        except Exception as exc:  # kombu raises many types for an unreachable broker
+            raise BrokerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
+
+    def embed(self, item_id: str, job_id: str) -> None:
+        self._send(EMBED, [item_id, job_id])
+
+    def reembed_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
+        for chunk in chunks:
+            self._send(REEMBED, [job_id, chunk])
+
+
+def start_embedded_worker(app: Celery) -> object:
+    """Run a real Celery worker (solo pool) on a thread of this process: the embedded default, where the index's
+    on-disk storage belongs to one process. Returns the worker, whose `stop()` ends it."""
     worker = app.WorkController(
         pool_cls="solo",
         concurrency=1,
@@ -62,9 +98,5 @@ def start_embedded_worker(app: Celery) -> tuple[threading.Thread, object]:
         app.set_current()  # the current app is per thread: retries and signatures sent from tasks use this one
         worker.start()
 
-    thread = threading.Thread(target=run, name="thaw-worker", daemon=True)
-    thread.start()
-    return thread, worker
-
-
-app = make_celery(Settings())
+    threading.Thread(target=run, name="thaw-worker", daemon=True).start()
+    return worker

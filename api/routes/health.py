@@ -14,13 +14,8 @@ metrics_router = APIRouter(tags=["ops"])
 
 @router.get("/health")
 def health(rt: RuntimeDep) -> dict[str, object]:
-    from encoders.artifacts import active_version
-
-    return {
-        "status": "ok",
-        "model_version": active_version(rt.models_dir),
-        "index_version": active_collection_version(rt.index),
-    }
+    """Liveness, and the served model version (None before the first `thaw train`)."""
+    return {"status": "ok", "model_version": active_collection_version(rt.index)}
 
 
 @metrics_router.get("/metrics")

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from thaw.demo import free_port, wait_job, wait_port
+from tests.helpers import free_port, wait_port
+from thaw.client import wait_job
 
 __all__ = ["ApiServer", "RedisServer", "Worker", "wait_job"]
 
@@ -60,13 +61,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def service_env(tmp_path_factory: pytest.TempPathFactory, catalog: Path, redis_url: str) -> dict[str, str]:
     """A data directory with a trained, indexed, active model; the environment API and workers share."""
-    from encoders.artifacts import save_version, set_active
+    from encoders.artifacts import save_version
     from encoders.training import TrainConfig, train
+    from entrypoints.runtime import build_runtime
+    from services.embedding import index_dataset
+    from services.events import import_interactions
     from thaw.datasets import load_dataset, split_items
-    from thaw.demo import import_interactions
-    from thaw.runtime import Runtime
     from thaw.settings import Settings
-    from workers.pipeline import index_dataset
 
     data_dir = tmp_path_factory.mktemp("thaw")
     env = {
@@ -81,17 +82,16 @@ def service_env(tmp_path_factory: pytest.TempPathFactory, catalog: Path, redis_u
     ds = load_dataset(catalog)
     split = split_items(ds, seed=0)
     model = train(ds, split, TrainConfig(seed=0, epochs=15), progress=False)
-    save_version(model, settings.models_dir)
-    set_active(settings.models_dir, model.version)
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
+    save_version(model, rt.registry)
     index_dataset(rt, model, ds, split.warm)
-    import_interactions(rt, ds, split.warm)
+    import_interactions(rt, ds.interactions.for_items(split.warm))
     rt.close()
     return env
 
 
 class Worker:
-    """A `celery -A workers.app worker` process."""
+    """A `celery -A entrypoints.worker worker` process."""
 
     def __init__(self, env: dict[str, str], name: str) -> None:
         self.proc = subprocess.Popen(
@@ -100,7 +100,7 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "workers.app",
+                "entrypoints.worker",
                 "worker",
                 "-P",
                 "solo",
@@ -144,7 +144,7 @@ class ApiServer:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "api.main:create_app",
+                "entrypoints.runtime:create_app",
                 "--factory",
                 "--port",
                 str(self.port),

@@ -91,7 +91,7 @@ def test_worker_survives_a_failed_job_and_keeps_working(
     """An original that goes bad after upload fails its job with a reason; the next item is embedded."""
     from pathlib import Path
 
-    from workers.media import MediaStore
+    from services.media_store import MediaStore
 
     store = MediaStore(Path(service_env["THAW_DATA_DIR"]) / "media")
     worker.stop()

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from entrypoints.cli import app
 from tests.integration.conftest import Worker
-from thaw.cli import app
 from thaw.experiments.assignment import assign
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from encoders.evaluate import catalogue_features
-from encoders.training import Table, TrainConfig
-from thaw.cli import app
+from encoders.features import Table, catalogue_features
+from encoders.replay import replay
+from encoders.training import TrainConfig
+from entrypoints.cli import app
 from thaw.datasets import load_dataset, split_items
-from thaw.experiments.replay import ReplayConfig, holdout_split, replay
+from thaw.experiments.replay import ReplayConfig, holdout_split
 from thaw.experiments.spec import parse_arms
 from thaw.synthetic import generate_catalog
 
@@ -107,7 +108,7 @@ def test_replay_serves_each_user_their_arm_and_clicks_exactly_the_held_out_inter
 def test_ab_simulate_cli_writes_the_report_and_chart(
     small_catalog: Path, features: Table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("encoders.evaluate.catalogue_features", lambda ds: features)  # computed once per module
+    monkeypatch.setattr("encoders.features.catalogue_features", lambda ds: features)  # computed once per module
     out = tmp_path / "replay.json"
     args = ["ab", "simulate", "--data", str(small_catalog), "--json", str(out), "--epochs", "2", "--k", "10"]
     args += ["--arms", "thaw,cf_only,content_knn,popularity", "--control", "cf_only"]

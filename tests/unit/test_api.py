@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
+from entrypoints.runtime import create_app
 from thaw.settings import Settings
 
 

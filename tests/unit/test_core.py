@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.blend import blend, cf_weight, profile, served_vector, zscore
 from thaw.datasets import Interactions, load_dataset, split_items
 from thaw.evaluation import evaluate_rankings, ndcg_at_k, precision_at_k, recall_at_k
 from thaw.factors import fit_als, fold_in
 from thaw.schema import InvalidIdError, check_id, item_text, point_id, user_point_id
+from thaw.scoring import blend, cf_weight, profile, served_vector, zscore
 
 
 def test_point_ids_are_deterministic_and_distinct() -> None:

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.artifacts import (
-    ItemInput,
-    ThawModel,
-    active_version,
-    list_versions,
-    save_version,
-    set_active,
-)
-from encoders.training import TrainConfig, item_inputs, train
+from encoders.artifacts import ThawModel, save_version
+from encoders.features import ItemInput, item_inputs
+from encoders.training import TrainConfig, train
 from thaw.datasets import load_dataset, split_items
+from thaw.registry import Registry, UnknownVersionError
 from thaw.synthetic import generate_catalog
 
 
@@ -53,10 +48,13 @@ def test_model_saves_and_loads_to_identical_outputs(small_model: tuple[ThawModel
     model, (ds, _) = small_model  # type: ignore[misc]
     inputs = item_inputs(ds, sorted(ds.items)[:12])
     before = model.encode(inputs)
-    path = save_version(model, tmp_path)
-    assert list_versions(tmp_path) == [model.version] and (path / "versions.json").exists()
-    set_active(tmp_path, model.version)
-    assert active_version(tmp_path) == model.version
+    registry = Registry(tmp_path)
+    path = save_version(model, registry)
+    assert registry.versions() == [model.version] == ["v1"] and (path / "versions.json").exists()
+    assert registry.config(model.version) == model.config
+    user_gram, item_gram = registry.grams(model.version)
+    np.testing.assert_allclose(user_gram, model.user_factors.T.astype(np.float64) @ model.user_factors, rtol=1e-5)
+    np.testing.assert_allclose(item_gram, model.item_factors.T.astype(np.float64) @ model.item_factors, rtol=1e-5)
     loaded = ThawModel.load(path)
     after = loaded.encode(inputs)
     for a, b in zip(before, after, strict=True):
@@ -65,8 +63,9 @@ def test_model_saves_and_loads_to_identical_outputs(small_model: tuple[ThawModel
             np.testing.assert_allclose(a.embeddings[m], b.embeddings[m], atol=1e-6)
     np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
     assert loaded.alpha == model.alpha and loaded.user_ids == model.user_ids
-    with pytest.raises(ValueError, match="unknown model version"):
-        set_active(tmp_path, "v99")
+    with pytest.raises(UnknownVersionError, match=r"'v99' is not trained; have \['v1'\]"):
+        registry.config("v99")
+    assert registry.next_version() == "v2"
 
 
 @pytest.mark.parametrize("modality", ["text", "image", "audio"])

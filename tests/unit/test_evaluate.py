@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from thaw.cli import app
+from entrypoints.cli import app
 
 METRICS = {"recall@20", "ndcg@20", "precision@20", "recall@100", "ndcg@100", "precision@100", "coverage@20"}
 

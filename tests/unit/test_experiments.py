@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from api.blend import score_items, served_vectors
 from thaw.experiments.assignment import assign, bucket
 from thaw.experiments.interleaving import outcome, summarise, team_draft
-from thaw.experiments.policies import Candidates, Policy, UserContext, knn_matrix, rank
+from thaw.experiments.policies import Candidates, UserContext, knn_matrix, make_policy, rank
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report
 from thaw.experiments.spec import Arm, ExperimentSpec, parse_arms, spec_problems
 from thaw.experiments.stats import ratio_difference, srm, two_proportion
+from thaw.scoring import score_items, served_vectors
 
 USERS = [f"user-{i}" for i in range(10_000)]
 
@@ -188,7 +188,7 @@ def _rank(name: str, k: int = 5, seed: int = 0, **kw: float) -> list[str]:
     user = UserContext(
         np.array([1.0, 0.0], np.float32), np.array([1.0, 0.0]), knn_matrix(np.array([[0.0, 1.0]]), np.zeros((1, 1)))[0]
     )
-    order, _ = rank(Policy(name, **kw), _cands(), user, k, default_alpha=1.0, shrinkage=10.0, seed=seed)  # type: ignore[arg-type]
+    order, _ = rank(make_policy(name, **kw), _cands(), user, k, default_alpha=1.0, shrinkage=10.0, seed=seed)  # type: ignore[arg-type]
     return [_cands().item_ids[i] for i in order]
 
 
@@ -204,16 +204,16 @@ def test_policies_rank_planted_candidates() -> None:
     expected = score_items(np.array([1.0, 0.0]), served, c.content, np.array([1.0, 0.0]), 0.3)
     assert _rank("thaw", alpha=0.3) == [c.item_ids[i] for i in np.argsort(-expected, kind="stable")]
     with pytest.raises(ValueError, match="unknown policy"):
-        Policy("magic")
+        make_policy("magic")
     with pytest.raises(ValueError, match="thaw policy only"):
-        Policy("popularity", alpha=0.5)
+        make_policy("popularity", alpha=0.5)
 
 
 # --- specs and the report -----------------------------------------------------------------------------------------
 
 
 def test_spec_problems_and_arm_parsing() -> None:
-    a, b = Arm("a", Policy("thaw"), 0.5), Arm("b", Policy("cf_only"), 0.4)
+    a, b = Arm("a", make_policy("thaw"), 0.5), Arm("b", make_policy("cf_only"), 0.4)
     assert spec_problems("ab", [a, b], "a") == ["arm shares must sum to 1 (within 1e-06); got 0.900000"]
     assert "control must name" in spec_problems("ab", [a, a], "x")[1]
     assert "unique" in spec_problems("ab", [a, a], "x")[0]
@@ -223,7 +223,7 @@ def test_spec_problems_and_arm_parsing() -> None:
 
 
 def test_report_counts_joins_slices_and_time_to_first_click() -> None:
-    spec = ExperimentSpec((Arm("t", Policy("thaw"), 0.5), Arm("c", Policy("cf_only"), 0.5)), "c", "salt")
+    spec = ExperimentSpec((Arm("t", make_policy("thaw"), 0.5), Arm("c", make_policy("cf_only"), 0.5)), "c", "salt")
     start = 1_000_000.0
     exposures = [
         ExposureLog("r1", "t", "u1", start + 3600, [Shown("new", True, 0.0), Shown("old", False, 9e6)]),

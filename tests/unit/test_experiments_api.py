@@ -15,13 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from api.main import create_app
-from encoders.artifacts import set_active
+from entrypoints.runtime import build_runtime, create_app
 from indexer.collections import activate, ensure_collections
 from indexer.writer import ItemPoint, upsert_items, upsert_users
-from thaw.db import Interaction, ItemRecord
+from services.db import Interaction, ItemRecord
+from services.runtime import Runtime
+from tests.helpers import plant_version
 from thaw.experiments.assignment import assign
-from thaw.runtime import Runtime
 from thaw.schema import CF_SOURCE
 from thaw.settings import Settings
 
@@ -38,9 +38,7 @@ def _vec(*x: float) -> np.ndarray:
 def _index_version(rt: Runtime, version: str, top_cold: str) -> None:
     """Warm items w0..w5 (w3 is the CF favourite of every user), cold items c0..c3 (`top_cold` has the content
     vector closest to the users; c2 shares the text and image of w5, every user's one history item)."""
-    (rt.models_dir / version).mkdir(parents=True, exist_ok=True)
-    config = {"version": version, "alpha": 1.0, "als_reg": 0.05, "cf_shrinkage": 10.0, "dim": 4, "embedding_dims": DIMS}
-    (rt.models_dir / version / "config.json").write_text(json.dumps(config))
+    plant_version(rt.registry.root, version, dim=4, embedding_dims=DIMS)
     items, users = ensure_collections(rt.index, version, 4, DIMS)
     points = []
     for j, (item, n) in enumerate(POPULARITY.items()):
@@ -60,9 +58,8 @@ def _index_version(rt: Runtime, version: str, top_cold: str) -> None:
 @pytest.fixture()
 def planted(tmp_path: Path) -> Iterator[tuple[TestClient, Runtime]]:
     settings = Settings(data_dir=tmp_path)
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
     _index_version(rt, "v1", top_cold="c0")
-    set_active(rt.models_dir, "v1")
     activate(rt.index, "v1")
     created = datetime.now(UTC) - timedelta(hours=1)
     with Session(rt.engine) as session:
@@ -214,8 +211,7 @@ def test_window_versions_and_bad_definitions(planted: tuple[TestClient, Runtime]
     two = [ARMS[0] | {"name": "thaw_v2", "model_version": "v2", "share": 0.5}, ARMS[1] | {"share": 0.5}]
     resp = client.post("/experiments", json={"name": "v2", "arms": two, "control": "cf"})
     assert resp.status_code == 422 and "not trained" in resp.json()["detail"]
-    (rt.models_dir / "v2").mkdir()
-    (rt.models_dir / "v2" / "config.json").write_text(json.dumps({"version": "v2", "alpha": 1.0}))
+    plant_version(rt.registry.root, "v2", dim=4, embedding_dims=DIMS)
     resp = client.post("/experiments", json={"name": "v2", "arms": two, "control": "cf"})
     assert resp.status_code == 422 and "no indexed collections" in resp.json()["detail"]
     _index_version(rt, "v2", top_cold="c1")  # v2's content vectors favour c1; v1 stays active

@@ -14,11 +14,11 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from workers.media import (
+from services.media_store import MediaStore
+from thaw.media import (
     AUDIO_KINDS,
     IMAGE_KINDS,
     MediaError,
-    MediaStore,
     audio_crops,
     decode_audio,
     decode_image,

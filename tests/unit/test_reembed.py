@@ -4,7 +4,6 @@ hashes, keep-N retention, stall detection, CF vectors per version, pinned aliase
 from __future__ import annotations
 
 import contextvars
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,10 +25,11 @@ from indexer.collections import (
 )
 from indexer.search import get_items, search
 from indexer.writer import ItemPoint, upsert_items
+from services.embedding import content_hash
+from services.reembed import cf_vectors, chunked, failure_verdict, is_stalled, rate_and_eta
+from tests.helpers import plant_version
 from thaw.factors import Factors, fold_in
 from thaw.settings import Settings
-from workers.pipeline import content_hash
-from workers.reembed import cf_vectors, chunked, failure_verdict, is_stalled, rate_and_eta
 
 DIMS = {"text": 4}
 
@@ -95,9 +95,10 @@ def test_cf_vectors_use_the_versions_own_factor_space() -> None:
         "strangers-only": [("stranger", 1.0)],
         "nobody": [],
     }
-    out = cf_vectors(factors, audience, reg=0.1)
+    out = cf_vectors(factors, audience, reg=0.1, alpha=10.0)
     assert np.array_equal(out["warm"][0], factors.items[0]) and out["warm"][1] == 1  # type: ignore[arg-type]
-    expected = fold_in(factors.users[[1, 2]], np.array([3.0, 2.0]), 0.1)
+    gram = factors.users.T @ factors.users  # every known user counts, with preference 0 where they did not interact
+    expected = fold_in(factors.users[[1, 2]], np.array([1 + 10 * 2.0, 1 + 10 * 1.0]), 0.1, gram=gram)
     assert np.allclose(out["cold"][0], expected) and out["cold"][1] == 3  # type: ignore[arg-type]
     assert out["strangers-only"] == (None, 1)
     assert out["nobody"] == (None, 0)
@@ -161,11 +162,9 @@ def test_settings_refuse_bad_reembed_knobs() -> None:
 
 
 def test_versions_api_refuses_what_it_cannot_do_with_a_reason(tmp_path: Path) -> None:
-    from api.main import create_app
+    from entrypoints.runtime import create_app
 
-    models = tmp_path / "models" / "v1"
-    models.mkdir(parents=True)
-    (models / "config.json").write_text(json.dumps({"dim": 8, "embedding_dims": {"text": 384}}))
+    plant_version(tmp_path / "models", "v1", dim=8, embedding_dims={"text": 384})
     client = TestClient(create_app(Settings(data_dir=tmp_path)))
     listing = client.get("/models").json()
     assert listing["served"] is None and listing["versions"][0] == {
@@ -177,7 +176,7 @@ def test_versions_api_refuses_what_it_cannot_do_with_a_reason(tmp_path: Path) ->
         "served": False,
     }
     resp = client.post("/models/v9/activate")
-    assert resp.status_code == 404 and "unknown model version 'v9'" in resp.json()["detail"]
+    assert resp.status_code == 404 and "model version 'v9' is not trained" in resp.json()["detail"]
     resp = client.post("/models/v1/activate")
     assert resp.status_code == 409 and "no collections" in resp.json()["detail"]
     resp = client.post("/jobs/reembed", json={"model_version": "v2"})

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from encoders.fusion import Head
+from encoders.linear import ridge_map
 from encoders.tags import TagFactors
-from encoders.training import TrainConfig, _loss, ridge_map, train, training_events
+from encoders.training import TrainConfig, loss_fn, train, training_events
 from thaw.datasets import Split, load_dataset, split_items
 from thaw.schema import item_tags
 from thaw.synthetic import generate_catalog
@@ -43,7 +44,7 @@ def test_trained_head_recovers_planted_factors() -> None:
     head = Head(feats.shape[1], factors.shape[1], hidden=64, dropout=0.0)
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
     for _ in range(300):
-        loss = _loss("mse", head(feats[:300]), factors[:300], torch.zeros(1, 8), torch.zeros(300, 1), 1.0)
+        loss = loss_fn("mse", head(feats[:300]), factors[:300], torch.zeros(1, 8), torch.zeros(300, 1), 1.0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -65,8 +66,8 @@ def test_no_cold_interactions_reach_als_or_the_heads(tiny: Path) -> None:
     assert model.item_ids == sorted(split.warm)  # ALS item factors: exactly the warm items
     warm_users = set(ds.interactions.for_items(split.warm).user_ids.tolist())
     assert set(model.user_ids) == warm_users
-    assert model.config["train_items"] == model.item_ids  # the heads' training table
-    assert not set(model.config["train_items"]) & cold
+    assert model.config.train_items == model.item_ids  # the heads' training table
+    assert not set(model.config.train_items) & cold
 
 
 def test_a_split_with_an_item_both_warm_and_cold_is_refused(tiny: Path) -> None:

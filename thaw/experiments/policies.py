@@ -1,38 +1,20 @@
-"""Experiments: the arms' recommendation policies as pure ranking functions over candidate arrays — the API ranks
-candidates fetched from the index with them, the offline replay ranks the whole catalogue with them."""
+"""Experiments: the recommendation policies, registered by name. Each says which candidates to fetch from the index
+(`queries`) and scores candidate arrays (`scores`): the API fetches candidates from the index and ranks them with a
+policy, the offline replay ranks the whole catalogue with the same policy."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from api.blend import score_items, served_vectors
+from thaw.schema import CF, CONTENT
+from thaw.scoring import score_items, served_vectors
 
-POLICIES = ("thaw", "cf_only", "content_knn", "popularity", "random")
 KNN_MODALITIES = ("text", "image")  # frozen, model-free backbones: the audio embedding is learned by Thaw itself
-
-
-@dataclass(frozen=True)
-class Policy:
-    """One arm's ranking rule. `alpha` and `model_version` belong to `thaw` (None: the model's tuned alpha, the
-    active version)."""
-
-    name: str
-    alpha: float | None = None
-    model_version: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in POLICIES:
-            raise ValueError(f"unknown policy {self.name!r}; expected one of {', '.join(POLICIES)}")
-        if self.name != "thaw" and (self.alpha is not None or self.model_version is not None):
-            raise ValueError(f"alpha and model_version apply to the thaw policy only; {self.name!r} got them")
-        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"policy": self.name, "alpha": self.alpha, "model_version": self.model_version}
 
 
 @dataclass
@@ -69,6 +51,30 @@ class UserContext:
     knn_profile: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Search:
+    """Candidates: the items nearest to `vector` by the named vector `using` (only warm ones with `warm_only`)."""
+
+    using: str
+    vector: np.ndarray
+    warm_only: bool = False
+
+
+@dataclass(frozen=True)
+class TopBy:
+    """Candidates: the items with the largest integer payload `key`."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Candidates: items drawn at random."""
+
+
+Query = Search | TopBy | Sample
+
+
 def knn_matrix(text: np.ndarray, image: np.ndarray) -> np.ndarray:
     """content_knn vectors: each item's unit text and unit image embeddings side by side (zero rows stay zero, so
     a missing modality adds nothing to the cosine)."""
@@ -80,16 +86,70 @@ def knn_matrix(text: np.ndarray, image: np.ndarray) -> np.ndarray:
     return np.concatenate([unit(text), unit(image)], axis=1)
 
 
-def scores(
-    policy: Policy, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
-) -> np.ndarray:
-    """One score per candidate, higher is better; -inf marks an item the policy never shows."""
-    n = len(cands)
-    out = np.full(n, -np.inf)
-    if n == 0:
-        return out
-    if policy.name == "thaw":
-        if user.vector is None or (cands.content is None and cands.cf is None):
+_REGISTRY: dict[str, type[Policy]] = {}
+
+
+@dataclass(frozen=True)
+class Policy(ABC):
+    """One arm's ranking rule. `alpha` and `model_version` belong to tunable policies (None: the model's tuned
+    alpha, the served version)."""
+
+    alpha: float | None = None
+    model_version: str | None = None
+
+    name: ClassVar[str]
+    tunable: ClassVar[bool] = False
+    context: ClassVar[frozenset[str]] = frozenset()  # the UserContext fields it reads: vector, profile, knn_profile
+    arrays: ClassVar[tuple[str, ...]] = ()  # the Candidates arrays it scores: content, cf, knn
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.name] = cls
+
+    def __post_init__(self) -> None:
+        if not self.tunable and (self.alpha is not None or self.model_version is not None):
+            raise ValueError(f"alpha and model_version apply to the thaw policy only; {self.name!r} got them")
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    @property
+    def vectors(self) -> list[str]:
+        """The named vectors the candidates need from the index."""
+        names = {"content": [CONTENT], "cf": [CF], "knn": list(KNN_MODALITIES)}
+        return [v for a in self.arrays for v in names[a]]
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        """Which candidates to fetch from the index for this user (the API; the replay ranks everything)."""
+        return []
+
+    @abstractmethod
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        """One score per candidate, higher is better; -inf marks an item the policy never shows."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policy": self.name, "alpha": self.alpha, "model_version": self.model_version}
+
+
+class ThawPolicy(Policy):
+    """The CF score against each item's served vector (predicted factors sliding to learned ones as interactions
+    come), blended by alpha with similarity to the user's content profile."""
+
+    name = "thaw"
+    tunable = True
+    context = frozenset({"vector", "profile"})
+    arrays = ("content", "cf")
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        return [] if user.vector is None else [Search(CONTENT, user.vector), Search(CF, user.vector)]
+
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        n = len(cands)
+        out = np.full(n, -np.inf)
+        if n == 0 or user.vector is None or (cands.content is None and cands.cf is None):
             return out
         nan = np.full((n, len(user.vector)), np.nan, np.float32)
         cf = nan if cands.cf is None else cands.cf
@@ -97,24 +157,100 @@ def scores(
         ok = ~(np.isnan(cf).any(axis=1) & np.isnan(content).any(axis=1))
         served = served_vectors(cf[ok], content[ok], cands.interactions[ok], shrinkage)
         blended_content = None if np.isnan(content[ok]).any() else content[ok]
-        alpha = default_alpha if policy.alpha is None else policy.alpha
+        alpha = default_alpha if self.alpha is None else self.alpha
         out[ok] = score_items(user.vector, served, blended_content, user.profile, alpha)
-    elif policy.name == "cf_only":
-        if user.vector is None or cands.cf is None:
+        return out
+
+
+class CfOnlyPolicy(Policy):
+    """Collaborative filtering alone: cold items are never shown until they have interactions."""
+
+    name = "cf_only"
+    context = frozenset({"vector"})
+    arrays = ("cf",)
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        return [] if user.vector is None or cold_only else [Search(CF, user.vector, warm_only=True)]
+
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        out = np.full(len(cands), -np.inf)
+        if len(cands) == 0 or user.vector is None or cands.cf is None:
             return out
-        ok = (cands.interactions > 0) & ~np.isnan(cands.cf).any(axis=1)  # cold items never, until they have some
+        ok = (cands.interactions > 0) & ~np.isnan(cands.cf).any(axis=1)
         out[ok] = cands.cf[ok] @ user.vector
-    elif policy.name == "content_knn":
-        if user.knn_profile is None or cands.knn is None:
+        return out
+
+
+class ContentKnnPolicy(Policy):
+    """Cosine of each item's frozen text and image embeddings to the centroid of the user's history."""
+
+    name = "content_knn"
+    context = frozenset({"knn_profile"})
+    arrays = ("knn",)
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        if user.knn_profile is None:
+            return []
+        out: list[Query] = []
+        offset = 0
+        for modality, d in zip(KNN_MODALITIES, knn_dims, strict=True):  # nearest by each part; ranked jointly
+            part = user.knn_profile[offset : offset + d]
+            offset += d
+            if d and np.linalg.norm(part) > 0:
+                out.append(Search(modality, part))
+        return out
+
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        out = np.full(len(cands), -np.inf)
+        if len(cands) == 0 or user.knn_profile is None or cands.knn is None:
             return out
         norms = np.linalg.norm(cands.knn, axis=1)
         ok = norms > 0
-        out[ok] = (cands.knn[ok] @ user.knn_profile) / (norms[ok] * max(float(np.linalg.norm(user.knn_profile)), 1e-12))
-    elif policy.name == "popularity":
-        out = np.asarray(cands.interactions, float).copy()
-    else:  # random
-        out = np.random.default_rng(seed).random(n)
-    return out
+        profile_norm = max(float(np.linalg.norm(user.knn_profile)), 1e-12)
+        out[ok] = (cands.knn[ok] @ user.knn_profile) / (norms[ok] * profile_norm)
+        return out
+
+
+class PopularityPolicy(Policy):
+    """The items with the most interactions."""
+
+    name = "popularity"
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        return [TopBy("interactions")]
+
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        return np.asarray(cands.interactions, float).copy()
+
+
+class RandomPolicy(Policy):
+    """Items in a random order seeded per served list."""
+
+    name = "random"
+
+    def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
+        return [Sample()]
+
+    def scores(
+        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+    ) -> np.ndarray:
+        return np.random.default_rng(seed).random(len(cands))
+
+
+POLICIES = tuple(_REGISTRY)
+
+
+def make_policy(name: str, alpha: float | None = None, model_version: str | None = None) -> Policy:
+    """The registered policy `name` with its parameters; ValueError names the policies there are."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown policy {name!r}; expected one of {', '.join(POLICIES)}")
+    return _REGISTRY[name](alpha, model_version)
 
 
 def rank(
@@ -128,6 +264,6 @@ def rank(
     seed: int = 0,
 ) -> tuple[list[int], list[float]]:
     """The indices of the policy's top k candidates (ties by candidate order) and their scores."""
-    s = scores(policy, cands, user, default_alpha=default_alpha, shrinkage=shrinkage, seed=seed)
+    s = policy.scores(cands, user, default_alpha=default_alpha, shrinkage=shrinkage, seed=seed)
     order = [int(i) for i in np.argsort(-s, kind="stable")[:k] if np.isfinite(s[i])]
     return order, [float(s[i]) for i in order]

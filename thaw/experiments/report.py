@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from thaw.experiments import interleaving, stats
-from thaw.experiments.spec import ExperimentSpec
+from thaw.experiments.spec import Arm, ExperimentSpec
 
 CONVERSION_KINDS = frozenset({"conversion", "purchase"})
 COUNTS = (
@@ -132,6 +132,127 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _round(v) if isinstance(v, float) else v for k, v in d.items()}
 
 
+@dataclass
+class _Tally:
+    """Per arm: each user's counts (a row of COUNTS), items shown by slice, when each item was first shown and first
+    clicked; interleaving outcomes."""
+
+    per_user: dict[str, dict[str, np.ndarray]]
+    exposures: dict[str, int]
+    shown: dict[str, dict[str, set[str]]]
+    first_shown: dict[str, dict[str, tuple[float, bool, float | None]]]
+    first_seen_any: dict[str, float]
+    first_click: dict[str, dict[str, float]]
+    outcomes_all: list[int]
+    outcomes_cold: list[int]
+
+
+_IX = {name: i for i, name in enumerate(COUNTS)}
+
+
+def _tally(spec: ExperimentSpec, exposures: Sequence[ExposureLog], clicked: Clicks) -> _Tally:
+    names = spec.names
+    t = _Tally(
+        {a: defaultdict(lambda: np.zeros(len(COUNTS))) for a in names},
+        dict.fromkeys(names, 0),
+        {a: {"all": set(), "cold": set(), "warm": set()} for a in names},
+        {a: {} for a in names},
+        {},
+        {a: {} for a in names},
+        [],
+        [],
+    )
+    for exp in sorted(exposures, key=lambda e: e.at):
+        clicks = clicked.get(exp.rec_id, {})
+        teams = {s.team or exp.arm for s in exp.items} if spec.kind == "interleaving" else {exp.arm}
+        for team in teams:
+            if team in t.exposures:
+                t.exposures[team] += 1
+                t.per_user[team][exp.user_id] += 0  # a served user counts even if their list was empty
+        for pos, s in enumerate(exp.items):
+            credited = s.team if spec.kind == "interleaving" else exp.arm
+            if credited not in t.per_user:
+                continue
+            slice_ = "cold" if s.cold else "warm"
+            row = t.per_user[credited][exp.user_id]
+            row[_IX["impressions"]] += 1
+            row[_IX[f"impressions_{slice_}"]] += 1
+            hit = clicks.get(pos)
+            if hit is not None:
+                row[_IX["clicks"]] += 1
+                row[_IX[f"clicks_{slice_}"]] += 1
+                if hit[1]:
+                    row[_IX["conversions"]] += 1
+                    row[_IX[f"conversions_{slice_}"]] += 1
+                t.first_click[credited][s.item_id] = min(t.first_click[credited].get(s.item_id, math.inf), hit[0])
+            t.shown[credited]["all"].add(s.item_id)
+            t.shown[credited][slice_].add(s.item_id)
+            t.first_shown[credited].setdefault(s.item_id, (exp.at, s.cold, s.age_s))
+            t.first_seen_any.setdefault(s.item_id, exp.at)
+        if spec.kind == "interleaving" and clicks:
+            owner = [s.team or "" for s in exp.items]
+            flags = [p in clicks for p in range(len(exp.items))]
+            treatment, control = spec.treatments[0], spec.control
+            t.outcomes_all.append(interleaving.outcome(owner, flags, treatment, control))
+            cold_flags = [f and s.cold for f, s in zip(flags, exp.items, strict=True)]
+            if any(cold_flags):
+                t.outcomes_cold.append(interleaving.outcome(owner, cold_flags, treatment, control))
+    return t
+
+
+def _arm(arm: Arm, t: _Tally, mat: np.ndarray, catalogue: Catalogue, start: float, level: float) -> dict[str, Any]:
+    """One arm's counts, metrics with intervals, coverage and new items' time to a first click."""
+    metrics: dict[str, Any] = {
+        m: _rounded(stats.ratio(mat[:, _IX[num]], mat[:, _IX[den]], level, (0.0, 1.0)).as_dict())
+        for m, (num, den) in RATIO_METRICS.items()
+    }
+    sizes = {"coverage": catalogue.items, "coverage_cold": catalogue.cold, "coverage_warm": catalogue.warm}
+    for m, key in zip(COVERAGE_METRICS, ("all", "cold", "warm"), strict=True):
+        value = len(t.shown[arm.name][key]) / sizes[m] if sizes[m] else None
+        metrics[m] = {"value": _round(value), "ci_low": None, "ci_high": None, "units": sizes[m]}
+    first_shown = t.first_shown[arm.name]
+    new = [i for i, (_, cold, _) in first_shown.items() if cold]
+    hours = []
+    for item in new:
+        at, _, age = first_shown[item]
+        origin = max(start, at - age) if age is not None else t.first_seen_any[item]
+        if item in t.first_click[arm.name]:
+            hours.append(max(0.0, t.first_click[arm.name][item] - origin) / 3600.0)
+    return {
+        **arm.as_dict(),
+        "users": len(t.per_user[arm.name]),
+        "exposures": t.exposures[arm.name],
+        "counts": {c: int(mat[:, i].sum()) for i, c in enumerate(COUNTS)},
+        "metrics": metrics,
+        "new_items": {
+            "items": len(new),
+            "with_first_click": len(hours),
+            "share_clicked": _round(len(hours) / len(new)) if new else None,
+            "median_hours_to_first_click": _round(float(np.median(hours)), 4) if hours else None,
+        },
+    }
+
+
+def _vs_control(
+    spec: ExperimentSpec, matrices: dict[str, np.ndarray], arms: dict[str, Any], level: float
+) -> dict[str, Any]:
+    """Each treatment minus the control, per metric, with its interval and p-value (coverage: the difference)."""
+    c = matrices[spec.control]
+    out = {}
+    for name in spec.treatments:
+        t = matrices[name]
+        diffs = {
+            m: _rounded(stats.ratio_difference(t[:, _IX[n]], t[:, _IX[d]], c[:, _IX[n]], c[:, _IX[d]], level).as_dict())
+            for m, (n, d) in RATIO_METRICS.items()
+        }
+        for m in COVERAGE_METRICS:
+            tv, cv = arms[name]["metrics"][m]["value"], arms[spec.control]["metrics"][m]["value"]
+            diff = None if tv is None or cv is None else tv - cv
+            diffs[m] = {"diff": _round(diff), "ci_low": None, "ci_high": None, "p_value": None, "relative": None}
+        out[name] = diffs
+    return out
+
+
 def build_report(
     spec: ExperimentSpec,
     exposures: Sequence[ExposureLog],
@@ -142,88 +263,13 @@ def build_report(
     level: float = 0.95,
 ) -> dict[str, Any]:
     """The report of an experiment from its exposures and events (see DEFINITIONS)."""
-    clicked_map, joined = join(exposures, events)
-    per_user: dict[str, dict[str, np.ndarray]] = {a: defaultdict(lambda: np.zeros(len(COUNTS))) for a in spec.names}
-    exposures_per_arm: dict[str, int] = dict.fromkeys(spec.names, 0)
-    shown: dict[str, dict[str, set[str]]] = {a: {"all": set(), "cold": set(), "warm": set()} for a in spec.names}
-    first_shown: dict[str, dict[str, tuple[float, bool, float | None]]] = {a: {} for a in spec.names}
-    first_seen_any: dict[str, float] = {}
-    first_click: dict[str, dict[str, float]] = {a: {} for a in spec.names}
-    outcomes_all: list[int] = []
-    outcomes_cold: list[int] = []
-    ix = {name: i for i, name in enumerate(COUNTS)}
-
-    for exp in sorted(exposures, key=lambda e: e.at):
-        clicks = clicked_map.get(exp.rec_id, {})
-        teams = {s.team or exp.arm for s in exp.items} if spec.kind == "interleaving" else {exp.arm}
-        for team in teams:
-            if team in exposures_per_arm:
-                exposures_per_arm[team] += 1
-                per_user[team][exp.user_id] += 0  # a served user counts even if their list was empty
-        for pos, s in enumerate(exp.items):
-            credited = s.team if spec.kind == "interleaving" else exp.arm
-            if credited not in per_user:
-                continue
-            slice_ = "cold" if s.cold else "warm"
-            row = per_user[credited][exp.user_id]
-            row[ix["impressions"]] += 1
-            row[ix[f"impressions_{slice_}"]] += 1
-            hit = clicks.get(pos)
-            if hit is not None:
-                row[ix["clicks"]] += 1
-                row[ix[f"clicks_{slice_}"]] += 1
-                if hit[1]:
-                    row[ix["conversions"]] += 1
-                    row[ix[f"conversions_{slice_}"]] += 1
-                first_click[credited][s.item_id] = min(first_click[credited].get(s.item_id, math.inf), hit[0])
-            shown[credited]["all"].add(s.item_id)
-            shown[credited][slice_].add(s.item_id)
-            first_shown[credited].setdefault(s.item_id, (exp.at, s.cold, s.age_s))
-            first_seen_any.setdefault(s.item_id, exp.at)
-        if spec.kind == "interleaving" and clicks:
-            owner = [s.team or "" for s in exp.items]
-            flags = [p in clicks for p in range(len(exp.items))]
-            treatment, control = spec.treatments[0], spec.control
-            outcomes_all.append(interleaving.outcome(owner, flags, treatment, control))
-            cold_flags = [f and s.cold for f, s in zip(flags, exp.items, strict=True)]
-            if any(cold_flags):
-                outcomes_cold.append(interleaving.outcome(owner, cold_flags, treatment, control))
-
-    arms: dict[str, Any] = {}
-    matrices: dict[str, np.ndarray] = {}
-    for arm in spec.arms:
-        rows = per_user[arm.name]
-        mat = np.stack(list(rows.values())) if rows else np.zeros((0, len(COUNTS)))
-        matrices[arm.name] = mat
-        metrics: dict[str, Any] = {
-            m: _rounded(stats.ratio(mat[:, ix[num]], mat[:, ix[den]], level, (0.0, 1.0)).as_dict())
-            for m, (num, den) in RATIO_METRICS.items()
-        }
-        sizes = {"coverage": catalogue.items, "coverage_cold": catalogue.cold, "coverage_warm": catalogue.warm}
-        for m, key in zip(COVERAGE_METRICS, ("all", "cold", "warm"), strict=True):
-            value = len(shown[arm.name][key]) / sizes[m] if sizes[m] else None
-            metrics[m] = {"value": _round(value), "ci_low": None, "ci_high": None, "units": sizes[m]}
-        new = [i for i, (_, cold, _) in first_shown[arm.name].items() if cold]
-        hours = []
-        for item in new:
-            at, _, age = first_shown[arm.name][item]
-            origin = max(start, at - age) if age is not None else first_seen_any[item]
-            if item in first_click[arm.name]:
-                hours.append(max(0.0, first_click[arm.name][item] - origin) / 3600.0)
-        arms[arm.name] = {
-            **arm.as_dict(),
-            "users": len(rows),
-            "exposures": exposures_per_arm[arm.name],
-            "counts": {c: int(mat[:, i].sum()) for i, c in enumerate(COUNTS)},
-            "metrics": metrics,
-            "new_items": {
-                "items": len(new),
-                "with_first_click": len(hours),
-                "share_clicked": _round(len(hours) / len(new)) if new else None,
-                "median_hours_to_first_click": _round(float(np.median(hours)), 4) if hours else None,
-            },
-        }
-
+    clicked, joined = join(exposures, events)
+    t = _tally(spec, exposures, clicked)
+    matrices = {
+        a.name: np.stack(list(t.per_user[a.name].values())) if t.per_user[a.name] else np.zeros((0, len(COUNTS)))
+        for a in spec.arms
+    }
+    arms = {a.name: _arm(a, t, matrices[a.name], catalogue, start, level) for a in spec.arms}
     report: dict[str, Any] = {
         "experiment": spec.as_dict(),
         "catalogue": {"items": catalogue.items, "cold": catalogue.cold, "warm": catalogue.warm},
@@ -236,29 +282,19 @@ def build_report(
         "definitions": DEFINITIONS,
     }
     if spec.kind == "ab":
-        c = matrices[spec.control]
-        for name in spec.treatments:
-            t = matrices[name]
-            diffs = {
-                m: _rounded(stats.ratio_difference(t[:, ix[n]], t[:, ix[d]], c[:, ix[n]], c[:, ix[d]], level).as_dict())
-                for m, (n, d) in RATIO_METRICS.items()
-            }
-            for m in COVERAGE_METRICS:
-                tv, cv = arms[name]["metrics"][m]["value"], arms[spec.control]["metrics"][m]["value"]
-                diff = None if tv is None or cv is None else tv - cv
-                diffs[m] = {"diff": _round(diff), "ci_low": None, "ci_high": None, "p_value": None, "relative": None}
-            report["vs_control"][name] = diffs
+        report["vs_control"] = _vs_control(spec, matrices, arms, level)
+        users = [arms[a.name]["users"] for a in spec.arms]
         report["srm"] = {
             "observed_users": {a.name: arms[a.name]["users"] for a in spec.arms},
             "expected_shares": {a.name: a.share for a in spec.arms},
-            **_rounded(stats.srm([arms[a.name]["users"] for a in spec.arms], [a.share for a in spec.arms])),
+            **_rounded(stats.srm(users, [a.share for a in spec.arms])),
         }
     else:
         report["interleaving"] = {
             "treatment": spec.treatments[0],
             "control": spec.control,
-            "all_clicks": _rounded(interleaving.summarise(outcomes_all, level)),
-            "cold_clicks": _rounded(interleaving.summarise(outcomes_cold, level)),
+            "all_clicks": _rounded(interleaving.summarise(t.outcomes_all, level)),
+            "cold_clicks": _rounded(interleaving.summarise(t.outcomes_cold, level)),
         }
     return report
 

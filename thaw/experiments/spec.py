@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thaw.experiments.assignment import SHARE_TOLERANCE, assign
-from thaw.experiments.policies import Policy
+from thaw.experiments.policies import Policy, make_policy
 from thaw.schema import InvalidIdError, check_id
 
 KINDS = ("ab", "interleaving")
@@ -25,7 +25,7 @@ class Arm:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Arm:
-        return cls(str(d["name"]), Policy(d["policy"], d.get("alpha"), d.get("model_version")), float(d["share"]))
+        return cls(str(d["name"]), make_policy(d["policy"], d.get("alpha"), d.get("model_version")), float(d["share"]))
 
 
 @dataclass(frozen=True)
@@ -111,5 +111,5 @@ def parse_arms(
             if key != "alpha":
                 raise ValueError(f"arm {token!r}: the only parameter is alpha=A, got {param!r}")
             alpha = float(value)
-        arms.append(Arm(name or policy, Policy(policy, alpha), share))
+        arms.append(Arm(name or policy, make_policy(policy, alpha), share))
     return ExperimentSpec(tuple(arms), control or arms[0].name, salt, kind)

@@ -1,4 +1,4 @@
-"""API: pure scoring — an item's served vector, the user's content profile, and the CF/content blend."""
+"""Pure scoring: an item's served vector, the user's content profile, and the CF/content blend."""
 
 from __future__ import annotations
 

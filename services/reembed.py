@@ -1,22 +1,21 @@
-"""Workers: re-embedding jobs — every item re-encoded with a model version into that version's collections by
+"""Services: re-embedding jobs — every item re-encoded with a model version into that version's collections by
 chunk tasks, progress and failures per item in the database, then one atomic alias swap and keep-N retention.
 
 Life of a job: `start` records the job (from then on uploads are embedded with the target version too), creates the
 target's collections and one `reembed_items` row per item; the caller sends `chunks` as `thaw.reembed_chunk` tasks.
 `run_chunk` embeds a chunk's pending rows and marks them done or failed; whichever chunk sees no pending row left
 runs `finalize`: failure share check, the target's users and interaction counts brought up to date, the alias swap
-(the serving truth; the ACTIVE pointer follows), retention. Everything is idempotent, so a redelivered or re-sent
+(the serving truth), retention. Everything is idempotent, so a redelivered or re-sent
 chunk (`resume`, `stalled_jobs`) only redoes what the database does not record as finished.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,31 +34,32 @@ from indexer.collections import (
 )
 from indexer.search import get_items, payload_filter, payloads
 from indexer.writer import set_item_cf, upsert_items, upsert_users
-from thaw.db import (
+from services.db import (
     ItemRecord,
     Job,
     ReembedItem,
     ReembedJob,
+    as_utc,
     audiences,
     interaction_counts,
     running_reembeds,
     utcnow,
 )
-from thaw.factors import Factors, fold_in
-from thaw.runtime import Runtime
-from thaw.schema import CF, CF_SOURCE
-from workers.pipeline import PermanentError, content_hash, item_input, item_point, record_payload
+from services.embedding import PermanentError, content_hash, item_input, item_point, record_payload
+from services.runtime import Runtime
+from thaw.errors import ConflictError, NotFoundError
+from thaw.factors import Factors, fold_in_events
+from thaw.schema import CF, CF_SOURCE, UNFINISHED, ItemStatus, JobStatus
 
 if TYPE_CHECKING:
     from encoders.artifacts import ThawModel
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("succeeded", "failed")
 MAX_LISTED_FAILURES = 100
 
 
-class JobConflictError(RuntimeError):
+class JobConflictError(ConflictError):
     """The request contradicts the state of the service (a job already running, nothing served to filter)."""
 
 
@@ -84,7 +84,7 @@ def failure_verdict(failed: int, total: int, max_share: float) -> str | None:
 
 def is_stalled(touched_at: datetime, now: datetime, stall_seconds: float) -> bool:
     """No chunk started or finished, and nothing was re-sent, for `stall_seconds`."""
-    return (_aware(now) - _aware(touched_at)).total_seconds() > stall_seconds
+    return (as_utc(now) - as_utc(touched_at)).total_seconds() > stall_seconds
 
 
 def rate_and_eta(finished: int, pending: int, elapsed_s: float) -> tuple[float | None, float | None]:
@@ -96,14 +96,15 @@ def rate_and_eta(finished: int, pending: int, elapsed_s: float) -> tuple[float |
 
 
 def cf_vectors(
-    factors: Factors, audience: dict[str, list[tuple[str, float]]], reg: float
+    factors: Factors, audience: dict[str, list[tuple[str, float]]], *, reg: float, alpha: float
 ) -> dict[str, tuple[np.ndarray | None, int]]:
     """Each item's CF vector in this version's factor space and its interaction count: the learned factors of the
-    items the version was trained on; for the others, a fold-in from their audience's learned user factors (as
+    items the version was trained on; for the others, the fold-in from their audience's learned user factors (as
     events do); none for items nobody known interacted with. CF spaces differ between versions, so vectors are
     never copied from another version."""
     warm = {item: k for k, item in enumerate(factors.item_ids)}
     users = {user: k for k, user in enumerate(factors.user_ids)}
+    gram = factors.users.T.astype(np.float64) @ factors.users
     out: dict[str, tuple[np.ndarray | None, int]] = {}
     for item, events in audience.items():
         if item in warm:
@@ -113,13 +114,9 @@ def cf_vectors(
         vector = None
         if known:
             rows = factors.users[[k for k, _ in known]]
-            vector = fold_in(rows, np.array([1.0 + w for _, w in known]), reg)
+            vector = fold_in_events(rows, np.array([w for _, w in known]), reg=reg, alpha=alpha, gram=gram)
         out[item] = (vector, len(events))
     return out
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite returns naive UTC datetimes
 
 
 # ---- start, progress, resume ------------------------------------------------------------------------------------
@@ -144,8 +141,8 @@ def start(
     """Record a job re-embedding every item (or those whose served payload matches `match`) with `version`; returns
     the chunks to send. The job is committed before the items are listed: an upload from then on is embedded with
     `version` too, and one from before is in the list."""
-    config = json.loads((rt.models_dir / version / "config.json").read_text())
-    with Session(rt.engine) as session:
+    config = rt.registry.config(version)  # UnknownVersionError before anything is recorded
+    with rt.session() as session:
         running = running_reembeds(session)
         if running:
             other, target = running[0]
@@ -156,8 +153,8 @@ def start(
         source = active_collection_version(rt.index)
         if match and source is None:
             raise JobConflictError("a filter selects items by the served payload, but no version is served yet")
-        ensure_collections(rt.index, version, int(config["dim"]), dict(config["embedding_dims"]))
-        job = Job(kind="reembed", model_version=version, status="queued")
+        ensure_collections(rt.index, version, config.dim, config.embedding_dims)
+        job = Job(kind="reembed", model_version=version, status=JobStatus.QUEUED)
         session.add(job)
         session.flush()
         job_id = job.job_id
@@ -180,7 +177,7 @@ def start(
         else:
             item_ids = sorted(session.scalars(select(ItemRecord.item_id)))
         if item_ids:
-            rows = [{"job_id": job_id, "item_id": i, "status": "pending", "skipped": False} for i in item_ids]
+            rows = [{"job_id": job_id, "item_id": i, "status": ItemStatus.PENDING, "skipped": False} for i in item_ids]
             session.execute(insert(ReembedItem), rows)
         session.execute(update(ReembedJob).where(ReembedJob.job_id == job_id).values(total=len(item_ids)))
         session.commit()
@@ -201,16 +198,20 @@ def progress(session: Session, job: Job, now: datetime | None = None) -> dict[st
     if rj is None:
         return None
     counts = _counts(session, job.job_id)
-    done, failed, pending = counts.get("done", 0), counts.get("failed", 0), counts.get("pending", 0)
+    done, failed, pending = (
+        counts.get(ItemStatus.DONE, 0),
+        counts.get(ItemStatus.FAILED, 0),
+        counts.get(ItemStatus.PENDING, 0),
+    )
     skipped = session.scalar(
         select(func.count()).where(ReembedItem.job_id == job.job_id, ReembedItem.skipped.is_(True))
     )
     end = job.finished_at or now or utcnow()
-    elapsed = (_aware(end) - _aware(job.started_at)).total_seconds() if job.started_at else 0.0
+    elapsed = (as_utc(end) - as_utc(job.started_at)).total_seconds() if job.started_at else 0.0
     rate, eta = rate_and_eta(done + failed, pending, elapsed)
     failures = session.execute(
         select(ReembedItem.item_id, ReembedItem.error)
-        .where(ReembedItem.job_id == job.job_id, ReembedItem.status == "failed")
+        .where(ReembedItem.job_id == job.job_id, ReembedItem.status == ItemStatus.FAILED)
         .order_by(ReembedItem.item_id)
         .limit(MAX_LISTED_FAILURES)
     )
@@ -232,23 +233,23 @@ def progress(session: Session, job: Job, now: datetime | None = None) -> dict[st
 
 def resume(rt: Runtime, job_id: str) -> list[list[str]]:
     """The chunks to send again for an unfinished job: its pending items (none pending: one empty chunk, which
-    finalizes). KeyError for an unknown job, JobConflictError for a finished one or one of another kind."""
-    with Session(rt.engine) as session:
+    finalizes). NotFoundError for an unknown job, JobConflictError for a finished one or one of another kind."""
+    with rt.session() as session:
         job, rj = session.get(Job, job_id), session.get(ReembedJob, job_id)
         if job is None:
-            raise KeyError(job_id)
+            raise NotFoundError(f"job {job_id!r} does not exist")
         if rj is None:
             raise JobConflictError(f"job {job_id} is a {job.kind} job, not a re-embedding job")
-        if job.status in TERMINAL:
+        if JobStatus(job.status).finished:
             raise JobConflictError(f"job {job_id} has already {job.status}; nothing to resume")
         if rj.total is None:  # the process that started it stopped before its items were listed
-            job.status, job.finished_at = "failed", utcnow()
+            job.status, job.finished_at = JobStatus.FAILED, utcnow()
             job.error = "interrupted while its items were being listed; start a new job"
             session.commit()
             raise JobConflictError(f"job {job_id} {job.error}")
         pending = session.scalars(
             select(ReembedItem.item_id)
-            .where(ReembedItem.job_id == job_id, ReembedItem.status == "pending")
+            .where(ReembedItem.job_id == job_id, ReembedItem.status == ItemStatus.PENDING)
             .order_by(ReembedItem.item_id)
         ).all()
         rj.touched_at = utcnow()
@@ -260,11 +261,11 @@ def stalled_jobs(rt: Runtime, stall_seconds: float) -> list[str]:
     """Unfinished jobs with no sign of life for `stall_seconds` (their messages were lost with a broker restart, or
     are held by a dead worker until the visibility timeout): the ones to resume."""
     now = utcnow()
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         rows = session.execute(
             select(ReembedJob.job_id, ReembedJob.touched_at)
             .join(Job, Job.job_id == ReembedJob.job_id)
-            .where(Job.status.in_(("queued", "running")))
+            .where(Job.status.in_(UNFINISHED))
         )
         return [job_id for job_id, touched in rows if is_stalled(touched, now, stall_seconds)]
 
@@ -274,24 +275,20 @@ def stalled_jobs(rt: Runtime, stall_seconds: float) -> list[str]:
 
 def run_chunk(rt: Runtime, job_id: str, item_ids: list[str]) -> str:
     """Embed the chunk's pending items with the job's target version; then finalize if nothing is pending."""
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         job, rj = session.get(Job, job_id), session.get(ReembedJob, job_id)
         if job is None or rj is None:
             log.warning("re-embedding chunk for unknown job %s dropped", job_id)
             return "unknown"
-        if job.status in TERMINAL:
+        if JobStatus(job.status).finished:
             return job.status
-        if job.status == "queued":
-            job.status, job.started_at = "running", utcnow()
+        if job.status == JobStatus.QUEUED:
+            job.status, job.started_at = JobStatus.RUNNING, utcnow()
         rj.touched_at = utcnow()
         session.commit()
-        rows = session.scalars(
-            select(ReembedItem).where(
-                ReembedItem.job_id == job_id, ReembedItem.item_id.in_(item_ids), ReembedItem.status == "pending"
-            )
-        ).all()
+        rows = _pending(session, job_id, item_ids)
         if rows:
-            _embed_rows(rt, session, rj.target_version, list(rows))
+            _embed_rows(rt, session, rj.target_version, rows)
             rj.touched_at = utcnow()
             session.commit()
     return finalize(rt, job_id)
@@ -313,7 +310,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
             continue
         row.content_hash = content_hash(record.metadata_ or {}, record.media or {})
         if stored.get(row.item_id) == row.content_hash:
-            row.status, row.skipped, row.updated_at = "done", True, utcnow()
+            row.status, row.skipped, row.updated_at = ItemStatus.DONE, True, utcnow()
             continue
         try:
             inputs.append(item_input(rt, record))
@@ -334,7 +331,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         todo = kept
     if not todo:
         return
-    cf = cf_vectors(_factors(model), audiences(session, [r.item_id for r, _ in todo]), _reg(model))
+    cf = _cf_vectors(model, audiences(session, [r.item_id for r, _ in todo]))
     trained = set(model.item_ids)
     points = []
     for (row, record), enc in zip(todo, encoded, strict=True):
@@ -347,30 +344,33 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         points.append(point)
     upsert_items(rt.index, collection, points)  # a newer upload already written there is left alone
     for row, _ in todo:
-        row.status, row.updated_at = "done", utcnow()
+        row.status, row.updated_at = ItemStatus.DONE, utcnow()
 
 
 def _fail(row: ReembedItem, reason: str) -> None:
-    row.status, row.error, row.updated_at = "failed", reason, utcnow()
+    row.status, row.error, row.updated_at = ItemStatus.FAILED, reason, utcnow()
     log.warning("re-embedding of %s failed: %s", row.item_id, reason)
 
 
-def _factors(model: ThawModel) -> Factors:
-    return Factors(model.user_ids, model.item_ids, model.user_factors, model.item_factors)
+def _cf_vectors(
+    model: ThawModel, audience: dict[str, list[tuple[str, float]]]
+) -> dict[str, tuple[np.ndarray | None, int]]:
+    factors = Factors(model.user_ids, model.item_ids, model.user_factors, model.item_factors)
+    return cf_vectors(factors, audience, reg=model.config.als_reg, alpha=model.config.als_alpha)
 
 
-def _reg(model: ThawModel) -> float:
-    return float(model.config.get("als_reg", 0.05))
+def _pending(session: Session, job_id: str, item_ids: list[str]) -> list[ReembedItem]:
+    """The rows of these items that the job still records as pending."""
+    query = select(ReembedItem).where(
+        ReembedItem.job_id == job_id, ReembedItem.item_id.in_(item_ids), ReembedItem.status == ItemStatus.PENDING
+    )
+    return list(session.scalars(query))
 
 
 def fail_items(rt: Runtime, job_id: str, item_ids: list[str], reason: str) -> str:
     """A chunk that kept failing (retries exhausted): its pending items fail with the reason; then finalize."""
-    with Session(rt.engine) as session:
-        rows = session.scalars(
-            select(ReembedItem).where(
-                ReembedItem.job_id == job_id, ReembedItem.item_id.in_(item_ids), ReembedItem.status == "pending"
-            )
-        ).all()
+    with rt.session() as session:
+        rows = _pending(session, job_id, item_ids)
         for row in rows:
             _fail(row, reason)
         session.commit()
@@ -385,18 +385,18 @@ def finalize(rt: Runtime, job_id: str) -> str:
     counts up to date, swap the aliases to it (not for a filtered job, which fills the version but must not serve a
     partial catalogue, nor for an in-place job into the version served when it started), mark the job succeeded,
     and apply keep-N retention. Safe to run twice."""
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         job, rj = session.get(Job, job_id), session.get(ReembedJob, job_id)
-        if job is None or rj is None or job.status in TERMINAL or rj.total is None:
+        if job is None or rj is None or JobStatus(job.status).finished or rj.total is None:
             return job.status if job is not None else "unknown"
         counts = _counts(session, job_id)
-        if counts.get("pending", 0):
+        if counts.get(ItemStatus.PENDING, 0):
             return job.status
         served = active_collection_version(rt.index)
         target = rj.target_version
-        reason = failure_verdict(counts.get("failed", 0), rj.total, rj.max_failed_share)
+        reason = failure_verdict(counts.get(ItemStatus.FAILED, 0), rj.total, rj.max_failed_share)
         if reason is not None:
-            job.status, job.finished_at = "failed", utcnow()
+            job.status, job.finished_at = JobStatus.FAILED, utcnow()
             job.error = f"{reason}; {served} stays served (the failed items are listed in the job)"
             session.commit()
             return job.status
@@ -419,7 +419,7 @@ def finalize(rt: Runtime, job_id: str) -> str:
                 f"filtered job: {target} holds only the matching items and {served} stays served; "
                 f"POST /models/{target}/activate serves it anyway"
             )
-        job.status, job.finished_at = "succeeded", utcnow()
+        job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
         keep = rj.keep_versions
         session.commit()
         protected = {target, *(v for v in (served,) if v), *(t for _, t in running_reembeds(session))}
@@ -427,7 +427,7 @@ def finalize(rt: Runtime, job_id: str) -> str:
         gone = versions_to_remove(indexed_versions(rt.index), keep, protected)
         remove_versions(rt.index, gone)
         log.info("job %s: %s served (was %s); removed %s", job_id, target, served, gone or "nothing")
-    return "succeeded"
+    return JobStatus.SUCCEEDED
 
 
 def _sync_interactions(rt: Runtime, session: Session, model: ThawModel, collection: str) -> None:
@@ -441,6 +441,6 @@ def _sync_interactions(rt: Runtime, session: Session, model: ThawModel, collecti
     ]
     if not stale:
         return
-    for item_id, (vector, count) in cf_vectors(_factors(model), audiences(session, stale), _reg(model)).items():
+    for item_id, (vector, count) in _cf_vectors(model, audiences(session, stale)).items():
         if vector is not None:
             set_item_cf(rt.index, collection, item_id, vector, count)

@@ -1,4 +1,5 @@
-"""Workers: the logic behind each task — read an item's originals, encode, write its vectors to Qdrant."""
+"""Services: embedding an item — read its originals, encode them with each version being written, write its vectors
+to the index; and bootstrapping a version's collections from a dataset."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from indexer.collections import (
     ensure_collections,
 )
 from indexer.writer import ItemPoint, upsert_items, upsert_users
+from services.db import ItemRecord, Job, running_reembeds, utcnow
+from services.runtime import Runtime
 from thaw.datasets import Dataset
-from thaw.db import ItemRecord, Job, running_reembeds, utcnow
-from thaw.runtime import Runtime
-from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, item_tags, item_text
-from workers.media import MediaError, decode_audio, decode_image
+from thaw.media import MediaError, decode_audio, decode_image
+from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, JobStatus, item_tags, item_text
 
 if TYPE_CHECKING:
-    from encoders.artifacts import EncodedItem, ItemInput, ThawModel
+    from encoders.artifacts import ThawModel
+    from encoders.features import EncodedItem, ItemInput
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,8 @@ class PermanentError(Exception):
 
 def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
     """Decode an item's stored originals into encoder input; PermanentError says which original is bad."""
-    from encoders.artifacts import SAMPLE_RATE, ItemInput
+    from encoders.audio import SAMPLE_RATE
+    from encoders.features import ItemInput
 
     text = item_text(record.metadata_ or {}) or None
     image = audio = None
@@ -50,12 +53,12 @@ def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
             data = rt.store.get(record.item_id, "image")
             if data is None:
                 raise PermanentError(f"image original of item {record.item_id!r} is missing from the media store")
-            image = decode_image(data, max_pixels=rt.max_image_pixels)
+            image = decode_image(data, max_pixels=rt.limits.max_image_pixels)
         if "audio" in record.media:
             data = rt.store.get(record.item_id, "audio")
             if data is None:
                 raise PermanentError(f"audio original of item {record.item_id!r} is missing from the media store")
-            audio = decode_audio(data, sample_rate=SAMPLE_RATE, max_seconds=rt.max_audio_seconds)
+            audio = decode_audio(data, sample_rate=SAMPLE_RATE, max_seconds=rt.limits.max_audio_seconds)
     except MediaError as exc:
         raise PermanentError(str(exc)) from exc
     if text is None and image is None and audio is None:
@@ -102,7 +105,7 @@ def item_point(model: ThawModel, item_id: str, encoded: EncodedItem, extra: dict
     return ItemPoint(item_id, vectors, payload)
 
 
-def _finish(session: Session, job: Job, status: str, error: str | None = None) -> None:
+def _finish(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:
     job.status, job.error, job.finished_at = status, error, utcnow()
     session.commit()
 
@@ -111,20 +114,20 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
     """Embed one uploaded item with the served model version, and with the target version of any running
     re-embedding job (each into its own collection). Idempotent: a repeat overwrites the same point, and a job whose
     item was re-uploaded since (a newer revision) is finished without writing stale vectors."""
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise PermanentError(f"job {job_id!r} does not exist")
-        if job.status in ("succeeded", "failed"):
+        if JobStatus(job.status).finished:
             return job.status
-        job.status, job.started_at, job.attempts = "running", utcnow(), job.attempts + 1
+        job.status, job.started_at, job.attempts = JobStatus.RUNNING, utcnow(), job.attempts + 1
         session.commit()
         record = session.get(ItemRecord, item_id)
         try:
             if record is None:
                 raise PermanentError(f"item {item_id!r} does not exist")
             if record.revision > job.revision:
-                _finish(session, job, "succeeded", "superseded by a newer upload of the same item")
+                _finish(session, job, JobStatus.SUCCEEDED, "superseded by a newer upload of the same item")
                 return job.status
             versions = write_versions(rt, session)
             inp = item_input(rt, record)
@@ -134,29 +137,29 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
                 upsert_items(rt.index, collection_name(ITEMS, version), [point])
             job.model_version = versions[0]
         except PermanentError as exc:
-            _finish(session, job, "failed", str(exc))
+            _finish(session, job, JobStatus.FAILED, str(exc))
             log.warning("job %s failed: %s", job_id, exc)
             return job.status
         except Exception:
-            job.status = "queued"  # transient: the task is retried
+            job.status = JobStatus.QUEUED  # transient: the task is retried
             session.commit()
             raise
-        _finish(session, job, "succeeded")
+        _finish(session, job, JobStatus.SUCCEEDED)
         return job.status
 
 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
     """Record a job's permanent failure (after retries ran out, or an unexpected error)."""
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         job = session.get(Job, job_id)
-        if job is not None and job.status not in ("succeeded", "failed"):
-            _finish(session, job, "failed", reason)
+        if job is not None and not JobStatus(job.status).finished:
+            _finish(session, job, JobStatus.FAILED, reason)
 
 
 def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence[str], *, batch_size: int = 32) -> int:
     """Bootstrap a model version's collections from a dataset: keep each item's originals in the media store and
     its record in the database, write its content vectors, the warm items' learned CF vectors and interaction
-    counts, and the users' factors; then serve this version (aliases, then ACTIVE). The model must be saved in the
+    counts, and the users' factors; then serve this version (the alias swap). The model must be saved in the
     models directory. Returns the items indexed."""
     ensure_collections(rt.index, model.version, model.dim, model.embedding_dims)
     items_coll, users_coll = collection_name(ITEMS, model.version), collection_name(USERS, model.version)
@@ -170,7 +173,7 @@ def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence
             if path is not None:
                 media[modality] = rt.store.put(item_id, modality, path.read_bytes()).sha256
         records.append(ItemRecord(item_id=item_id, metadata_=item.fields, media=media))
-    with Session(rt.engine) as session:
+    with rt.session() as session:
         records = [session.merge(rec) for rec in records]
         session.commit()
         payloads = {rec.item_id: record_payload(rec) for rec in records}

@@ -1,11 +1,11 @@
-"""The demo run: train on a catalogue, serve it, ingest the cold items over HTTP, and measure cold-start quality."""
+"""Entry points: the demo run — train on a catalogue, serve it, ingest the cold items over HTTP, and measure
+cold-start quality. `Server` runs the API on a thread of this process (the demo's and the benches')."""
 
 from __future__ import annotations
 
 import json
 import random
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,59 +14,28 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
-from sqlalchemy.orm import Session
 
+from entrypoints.runtime import build_runtime, create_app
+from services.events import import_interactions
+from services.runtime import Runtime
+from thaw.client import wait_job
 from thaw.datasets import Dataset, Item, Split
-from thaw.db import Interaction
 from thaw.evaluation import evaluate_rankings, user_positives
-from thaw.runtime import Runtime
 from thaw.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    """Wait until something listens on the loopback port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-def import_interactions(rt: Runtime, ds: Dataset, items: list[str]) -> int:
-    """Copy the interactions the model trained on into the database, so users' histories are known."""
-    subset = ds.interactions.for_items(set(items))
-    rows = [
-        {"user_id": str(u), "item_id": str(i), "weight": float(w)}
-        for u, i, w in zip(subset.user_ids, subset.item_ids, subset.weights, strict=True)
-    ]
-    with Session(rt.engine) as session:
-        session.bulk_insert_mappings(Interaction.__mapper__, rows)
-        session.commit()
-    return len(rows)
 
 
 class Server:
     """uvicorn on a background thread of this process (the embedded default: one process owns Qdrant)."""
 
     def __init__(self, settings: Settings, runtime: Runtime) -> None:
-        from api.main import create_app
-
-        self.port = free_port()
-        config = uvicorn.Config(create_app(settings, runtime), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(create_app(settings, runtime), host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
 
     def __enter__(self) -> Server:
         self.thread.start()
@@ -95,32 +64,21 @@ def upload(client: httpx.Client, item: Item) -> str:
     return str(resp.json()["job_id"])
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 120.0, poll_s: float = 0.01) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(poll_s)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout}s")
-
-
 def run_demo(ds: Dataset, split: Split, data_dir: Path, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    from encoders.artifacts import save_version, set_active
+    from encoders.artifacts import save_version
     from encoders.training import TrainConfig, train
-    from workers.pipeline import index_dataset
+    from services.embedding import index_dataset
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
     settings = Settings(data_dir=data_dir)
-    rt = Runtime.from_settings(settings)
+    rt = build_runtime(settings)
     t0 = time.perf_counter()
     model = train(ds, split, TrainConfig(seed=seed), progress=progress)
-    save_version(model, settings.models_dir)
-    set_active(settings.models_dir, model.version)
+    save_version(model, rt.registry)
     train_s = time.perf_counter() - t0
     index_dataset(rt, model, ds, split.warm)
-    import_interactions(rt, ds, split.warm)
+    import_interactions(rt, ds.interactions.for_items(split.warm))
 
     cold = [i for i in split.cold_test if ds.items[i].modalities]
     latencies, failed = [], []

@@ -1,26 +1,22 @@
-"""Workers: the only media I/O — upload -> media store -> worker decode (images, audio of any common format)."""
+"""Media decoding: bytes of an upload or a dataset file -> a checked image or mono audio (any common format)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
-import os
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from thaw.errors import InvalidInputError
+
 IMAGE_KINDS = ("jpeg", "png", "webp", "gif", "bmp")
 AUDIO_KINDS = ("wav", "flac", "ogg", "mp3")
-MODALITIES = ("image", "audio")
+MEDIA_MODALITIES = ("image", "audio")  # the modalities that arrive as files
 
 
-class MediaError(ValueError):
+class MediaError(InvalidInputError):
     """Bad media: the message says what was expected and what arrived."""
 
 
@@ -128,72 +124,3 @@ def audio_crops(wave: np.ndarray, *, sample_rate: int, crop_seconds: float, max_
     n = min(max_crops, -(-len(wave) // size))  # enough crops to cover every sample, if allowed
     starts = np.linspace(0, len(wave) - size, n).round().astype(int)
     return [wave[s : s + size].astype(np.float32) for s in starts]
-
-
-@dataclass(frozen=True)
-class StoredMedia:
-    modality: str  # "image" | "audio"
-    path: Path
-    sha256: str  # of the stored bytes
-    kind: str  # sniffed kind, "unknown" if the magic bytes name none
-
-
-class MediaStore:
-    """Filesystem media store: originals kept so items can be re-embedded later. Paths derive from the item id
-    (sha256 of it, fanned out in two levels of subdirectories) and the modality; a client file name never
-    becomes a path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def _dir(self, item_id: str) -> Path:
-        h = hashlib.sha256(item_id.encode("utf-8")).hexdigest()
-        return self.root / h[:2] / h[2:4] / h
-
-    def _path(self, item_id: str, modality: str) -> Path:
-        if modality not in MODALITIES:
-            raise ValueError(f"expected modality one of {MODALITIES}, got {modality!r}")
-        return self._dir(item_id) / modality
-
-    def put(self, item_id: str, modality: str, data: bytes) -> StoredMedia:
-        """Store (or replace) an item's original atomically: temp file in the same directory, fsync, rename."""
-        path = self._path(item_id, modality)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{modality}-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        with contextlib.suppress(OSError):  # make the rename durable where directories can be fsynced
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return StoredMedia(modality, path, hashlib.sha256(data).hexdigest(), sniff_kind(data) or "unknown")
-
-    def get(self, item_id: str, modality: str) -> bytes | None:
-        path = self._path(item_id, modality)
-        return path.read_bytes() if path.is_file() else None
-
-    def info(self, item_id: str, modality: str) -> StoredMedia | None:
-        path = self._path(item_id, modality)
-        if not path.is_file():
-            return None
-        with path.open("rb") as fh:
-            kind = sniff_kind(fh.read(12)) or "unknown"
-            fh.seek(0)
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        return StoredMedia(modality, path, digest, kind)
-
-    def delete(self, item_id: str) -> None:
-        """Remove every original of the item; deleting an unknown item is a no-op."""
-        for modality in MODALITIES:
-            self._path(item_id, modality).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):  # absent, or holds a stray temp file
-            self._dir(item_id).rmdir()

@@ -1,5 +1,4 @@
-"""The `thaw` command line: train, serve, ingest, reembed, models, activate, demo (the entry point that reads
-settings)."""
+"""Entry points: the `thaw` command line — train, serve, ingest, reembed, models, activate, evaluate, demo, ab."""
 
 from __future__ import annotations
 
@@ -34,28 +33,26 @@ def train(
     activate: Annotated[bool, typer.Option(help="index the catalogue with this version and make it active")] = True,
 ) -> None:
     """Train a model version (ALS + encoders) and write it under the models directory."""
-    from encoders.artifacts import save_version, set_active
+    from encoders.artifacts import save_version
     from encoders.training import TrainConfig
     from encoders.training import train as train_model
+    from entrypoints.runtime import build_runtime
+    from services.embedding import index_dataset
+    from services.events import import_interactions
     from thaw.datasets import load_dataset, split_items
-    from thaw.demo import import_interactions
-    from thaw.runtime import Runtime
     from thaw.settings import Settings
-    from workers.pipeline import index_dataset
 
-    settings = Settings()
+    rt = build_runtime(Settings())
     ds = load_dataset(data, min_rating=min_rating)
     split = split_items(ds, seed=seed)
     model = train_model(ds, split, TrainConfig(seed=seed), progress=True)
-    path = save_version(model, settings.models_dir)
+    path = save_version(model, rt.registry)
     console.print(f"model [bold]{model.version}[/] written to {path}")
     if activate:
-        rt = Runtime.from_settings(settings)
         n = index_dataset(rt, model, ds, sorted(ds.items))
-        import_interactions(rt, ds, split.warm)
-        set_active(settings.models_dir, model.version)
-        rt.close()
-        console.print(f"indexed {n} items; {model.version} is active")
+        import_interactions(rt, ds.interactions.for_items(split.warm))
+        console.print(f"indexed {n} items; {model.version} is served")
+    rt.close()
 
 
 @app.command()
@@ -68,7 +65,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     settings = Settings()
     if workers > 1 and settings.embedded_broker:
         raise typer.BadParameter("several API workers need THAW_BROKER_URL and a Qdrant server (THAW_QDRANT_URL)")
-    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("entrypoints.runtime:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @app.command()
@@ -81,7 +78,7 @@ def ingest(
     wait: bool = True,
 ) -> None:
     """Upload one item to a running service and wait until it is servable."""
-    from thaw.demo import wait_job
+    from thaw.client import wait_job
 
     files = {f: (p.name, p.read_bytes()) for f, p in (("image", image), ("audio", audio)) if p is not None}
     with _api(url) as client:
@@ -187,7 +184,7 @@ def models(url: str = "http://127.0.0.1:8000") -> None:
     """List model versions: vector sizes, whether indexed (points), which is served."""
     with _api(url) as client:
         listing = _ok(client.get("/models"))
-    table = Table(title=f"served: {listing['served']} (ACTIVE pointer: {listing['model_pointer']})")
+    table = Table(title=f"served: {listing['served']}")
     for col in ("version", "dim", "indexed", "items", "served"):
         table.add_column(col)
     for v in listing["versions"]:
@@ -216,8 +213,8 @@ def demo(
     min_rating: float | None = None,
 ) -> None:
     """Train, serve, ingest the cold items over HTTP, and report latency and cold-start quality vs random."""
+    from entrypoints.demo import run_demo
     from thaw.datasets import load_dataset, split_items
-    from thaw.demo import run_demo
     from thaw.synthetic import generate_catalog
 
     logging.basicConfig(level=logging.WARNING)
@@ -259,7 +256,8 @@ def evaluate(
     epochs: int = 40,
 ) -> None:
     """Item cold-start protocol: Thaw, its ablations and baselines on the same cold test items."""
-    from encoders.evaluate import catalogue_features, run_protocol, summarise
+    from encoders.evaluate import run_protocol, summarise
+    from encoders.features import catalogue_features
     from encoders.training import TrainConfig
     from thaw.datasets import load_dataset, split_items
     from thaw.profiling import StageMeter
@@ -363,10 +361,11 @@ def ab_simulate(
     salt: str = "replay",
 ) -> None:
     """Offline replay: train on the past, replay held-out interactions in time order through the arms, report."""
-    from encoders.evaluate import catalogue_features
+    from encoders.features import catalogue_features
+    from encoders.replay import replay
     from encoders.training import TrainConfig
     from thaw.datasets import load_dataset, split_items
-    from thaw.experiments.replay import ReplayConfig, replay
+    from thaw.experiments.replay import ReplayConfig
     from thaw.experiments.report import chart_png
     from thaw.experiments.spec import parse_arms
 
@@ -376,12 +375,14 @@ def ab_simulate(
         pair = tuple(a.strip() for a in interleave.split(",")) if interleave else None
         if pair is not None and len(pair) != 2:
             raise ValueError(f"--interleave takes two arm names, got {interleave!r}")
+        if pair is not None and not set(pair) <= set(spec.names):
+            raise ValueError(f"--interleave names arms {pair}; the experiment's arms are {spec.names}")
+        config = ReplayConfig(k=k, holdout=holdout, catalogue=catalogue, conversion_rating=conversion_rating)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     ds = load_dataset(data, min_rating=min_rating)
     split = split_items(ds, seed=seed, split_file=split_file)
     features = catalogue_features(ds)
-    config = ReplayConfig(k=k, holdout=holdout, catalogue=catalogue, conversion_rating=conversion_rating)
     result = replay(
         ds,
         split,

@@ -1,4 +1,5 @@
-"""Records of truth beside the index: items as uploaded, jobs and their outcome, interactions (SQLAlchemy)."""
+"""Services: the records of truth beside the index — items as uploaded, jobs and their outcome, interactions,
+experiments and exposures (SQLAlchemy)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from thaw.schema import UNFINISHED, ItemStatus, JobStatus
 
 
 def utcnow() -> datetime:
@@ -50,7 +53,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16), default="embed")
     item_id: Mapped[str | None] = mapped_column(String(128), index=True)
     revision: Mapped[int] = mapped_column(Integer, default=1)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     model_version: Mapped[str | None] = mapped_column(String(64))
@@ -82,7 +85,7 @@ class ReembedItem(Base):
     __table_args__ = (Index("ix_reembed_items_job_status", "job_id", "status"),)
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text)
     content_hash: Mapped[str | None] = mapped_column(String(64))
     skipped: Mapped[bool] = mapped_column(Boolean, default=False)  # unchanged content already in the version
@@ -189,7 +192,7 @@ def running_reembeds(session: Session) -> list[tuple[str, str]]:
     rows = session.execute(
         select(ReembedJob.job_id, ReembedJob.target_version)
         .join(Job, Job.job_id == ReembedJob.job_id)
-        .where(Job.status.in_(("queued", "running")))
+        .where(Job.status.in_(UNFINISHED))
         .order_by(Job.created_at)
     )
     return [(job_id, target) for job_id, target in rows]

@@ -1,0 +1,98 @@
+"""Entry points: the composition root — the runtime, the task queue and the API built from settings, and what runs
+beside the API (the embedded worker, the job sweeps). `uvicorn entrypoints.runtime:create_app --factory` serves it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from celery import Celery
+from fastapi import FastAPI
+
+from api.main import Background, build_app
+from indexer.collections import Index
+from services import jobs
+from services.db import make_engine
+from services.media_store import MediaStore
+from services.runtime import Limits, Runtime
+from thaw.registry import Registry
+from thaw.settings import Settings
+from workers import tasks
+from workers.app import CeleryDispatcher, QueueConfig, make_celery, start_embedded_worker
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.qdrant_url:
+        index = Index(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+    else:
+        index = Index(path=settings.qdrant_path, shared=settings.shared_qdrant_path)
+    return Runtime(
+        index=index,
+        store=MediaStore(settings.media_dir),
+        engine=make_engine(settings.db_url),
+        registry=Registry(settings.models_dir),
+        limits=Limits(settings.max_upload_bytes, settings.max_audio_seconds, settings.max_image_pixels),
+    )
+
+
+def build_celery(settings: Settings) -> Celery:
+    return make_celery(
+        QueueConfig(
+            settings.broker_url, settings.broker_dir, settings.broker_visibility_timeout, settings.task_max_retries
+        )
+    )
+
+
+def reembed_defaults(settings: Settings) -> jobs.ReembedDefaults:
+    return jobs.ReembedDefaults(
+        settings.reembed_chunk_size,
+        settings.reembed_max_failed_share,
+        settings.keep_versions,
+        settings.reembed_stall_seconds,
+    )
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The API as configured. With the embedded broker a Celery worker runs in this process, on the same runtime
+    (one owner of embedded storage), and unfinished jobs are sent again at start-up."""
+    settings = settings or Settings()
+    rt = runtime or build_runtime(settings)
+    celery = build_celery(settings)
+    dispatcher = CeleryDispatcher(celery)
+    defaults = reembed_defaults(settings)
+
+    @contextmanager
+    def embedded_worker() -> Iterator[None]:
+        tasks.provide_runtime(rt)
+        worker = start_embedded_worker(celery)
+        resent = jobs.resend_unfinished(rt, dispatcher)
+        if resent:
+            log.info("re-sent %d unfinished jobs", resent)
+        try:
+            yield
+        finally:
+            worker.stop()  # type: ignore[attr-defined]
+
+    @contextmanager
+    def reembed_supervisor() -> Iterator[None]:
+        stop = threading.Event()
+        args = (rt, dispatcher, defaults.stall_seconds, stop)
+        thread = threading.Thread(
+            target=jobs.supervise_reembeds, args=args, name="thaw-reembed-supervisor", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+    background: list[Background] = [reembed_supervisor]
+    if settings.embedded_broker:
+        background.insert(0, embedded_worker)
+    return build_app(rt, dispatcher, api_keys=settings.api_keys, reembed_defaults=defaults, background=background)

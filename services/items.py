@@ -1,0 +1,95 @@
+"""Services: items — ingest (media checked by decoding, originals kept, the record and a queued job written in one
+transaction, then the job sent to the workers), what is stored about an item, and similar items."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from indexer.search import Hit, get_item, similar
+from services.db import ItemRecord, Job, utcnow
+from services.dispatch import BrokerUnavailableError, Dispatcher
+from services.runtime import Runtime
+from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
+from thaw.media import AUDIO_KINDS, IMAGE_KINDS, decode_audio, decode_image, sniff_kind
+from thaw.schema import JobStatus, item_text
+
+log = logging.getLogger(__name__)
+
+
+def check_media(rt: Runtime, field: str, data: bytes) -> None:
+    """A file is accepted when its magic bytes name an allowed kind and it decodes whole within the limits."""
+    kind = sniff_kind(data)
+    allowed = IMAGE_KINDS if field == "image" else AUDIO_KINDS
+    if kind not in allowed:
+        raise UnsupportedMediaError(f"{field} must be one of {', '.join(allowed)}; got {kind or 'unrecognised bytes'}")
+    limits = rt.limits
+    if field == "image":
+        decode_image(data, max_pixels=limits.max_image_pixels)
+    else:
+        decode_audio(data, max_seconds=limits.max_audio_seconds)
+
+
+def submit(
+    rt: Runtime, dispatcher: Dispatcher, item_id: str, metadata: dict[str, Any], media: Mapping[str, bytes]
+) -> str:
+    """Ingest (or replace) an item; returns the id of the job that embeds it. The job is recorded before it is sent:
+    BrokerUnavailableError leaves it queued, to be sent again."""
+    if not media and not item_text(metadata):
+        raise InvalidInputError("an item needs text fields in metadata, an image or audio; none was given")
+    for field, data in media.items():
+        check_media(rt, field, data)
+    hashes = {field: rt.store.put(item_id, field, data).sha256 for field, data in media.items()}
+    with rt.session() as session:
+        record = session.get(ItemRecord, item_id)
+        if record is None:
+            record = ItemRecord(item_id=item_id, revision=1)
+            session.add(record)
+        else:
+            record.revision += 1
+            record.updated_at = utcnow()
+        record.metadata_, record.media = metadata, hashes
+        job = Job(kind="embed", item_id=item_id, revision=record.revision, status=JobStatus.QUEUED)
+        session.add(job)
+        session.commit()
+        job_id = job.job_id
+    try:
+        dispatcher.embed(item_id, job_id)
+    except BrokerUnavailableError as exc:
+        raise BrokerUnavailableError(f"job {job_id} recorded but the broker is unreachable: {exc}") from exc
+    return job_id
+
+
+@dataclass
+class StoredItem:
+    item_id: str
+    metadata: dict[str, Any]
+    hit: Hit | None  # the point in the served collection
+    created_at: datetime | None
+    job: dict[str, Any] | None  # the item's latest job: id, status, error
+
+
+def read(rt: Runtime, item_id: str) -> StoredItem:
+    hit = get_item(rt.index, item_id)
+    with rt.session() as session:
+        record = session.get(ItemRecord, item_id)
+        job = session.scalars(select(Job).where(Job.item_id == item_id).order_by(Job.created_at.desc())).first()
+        job_info = None if job is None else {"job_id": job.job_id, "status": job.status, "error": job.error}
+        if hit is None and record is None:
+            raise NotFoundError(f"item {item_id!r} does not exist")
+        payload = hit.payload if hit else {}
+        metadata = (record.metadata_ if record else payload.get("metadata")) or {}
+        created = record.created_at if record else payload.get("created_at")
+    return StoredItem(item_id, metadata, hit, created, job_info)
+
+
+def similar_items(
+    rt: Runtime, item_id: str, using: str, k: int, match: Mapping[str, str | int | bool] | None
+) -> list[Hit]:
+    rt.active_version()  # 503 before any model is served
+    return similar(rt.index, item_id, using, k, match)

@@ -1,0 +1,63 @@
+"""Services: a user's recommendations — the default blend (the `thaw` policy on the served model), or, inside a
+running experiment, the user's arm, logged as an exposure under the list's rec_id."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from services import experiments
+from services.db import utcnow
+from services.runtime import Runtime
+from services.serving import Served, read_request, serve, user_context
+from thaw.errors import InvalidInputError, NotFoundError
+from thaw.experiments.assignment import seed_of
+from thaw.experiments.policies import make_policy
+
+
+class UnknownUserError(NotFoundError):
+    """A user with neither learned factors nor events."""
+
+
+@dataclass
+class Recommendation:
+    rec_id: str
+    user_id: str
+    served: Served
+    teams: list[str] | None = None  # interleaving: the arm that drafted each position
+    experiment_id: str | None = None  # set when the list was served (and logged) for a running experiment
+    arm: str | None = None
+
+
+def recommend(
+    rt: Runtime,
+    user_id: str,
+    k: int,
+    *,
+    alpha: float | None = None,
+    cold_only: bool = False,
+    experiment_id: str | None = None,
+) -> Recommendation:
+    """Outside an experiment's time window an experiment's users get the default list, not logged."""
+    record = None
+    if experiment_id is not None:
+        with rt.session() as session:
+            record = experiments.get(session, experiment_id)
+            session.expunge(record)
+        if alpha is not None:
+            raise InvalidInputError("alpha is fixed by the experiment's arms: leave it out when experiment is given")
+    running = record is not None and experiments.is_running(record, utcnow())
+    policies = (
+        experiments.arm_policies(record, user_id) if record is not None and running else [make_policy("thaw", alpha)]
+    )
+    rec_id = uuid.uuid4().hex
+    req = read_request(rt, user_id, cold_only=cold_only, seed=seed_of(rec_id))
+    view = rt.view()
+    needs = frozenset({"vector"}).union(*(p.context for p in policies))
+    contexts = {view.version: user_context(rt, view, req, needs)}
+    if contexts[view.version].vector is None:  # the same for every arm, so eligibility cannot differ between arms
+        raise UnknownUserError(f"user {user_id!r} is unknown: no learned factors and no events")
+    if record is None or not running:
+        return Recommendation(rec_id, user_id, serve(rt, policies, k, req, contexts)[0])
+    served, teams, arm = experiments.serve_arm(rt, record, k, req, rec_id, contexts)
+    return Recommendation(rec_id, user_id, served, teams, record.experiment_id, arm)

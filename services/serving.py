@@ -1,0 +1,158 @@
+"""Services: serving recommendations — a user's history and vectors read once per request, each policy's
+candidates fetched from the index (its `queries`) and ranked by the policy (thaw.experiments.policies)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from indexer.search import Hit, get_items, get_user, payload_filter, sample, search, top_by
+from services.db import history
+from services.runtime import ModelView, Runtime
+from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, knn_matrix, rank
+from thaw.factors import fold_in_events
+from thaw.schema import CF, CONTENT
+from thaw.scoring import profile, served_vector
+
+HISTORY_EVENTS = 500  # the newest events a user's folded-in vector is solved from
+PROFILE_ITEMS = 200  # the newest history items a content profile averages
+
+
+@dataclass
+class Request:
+    """One recommendation request: the user, their newest events (item, weight) from the database, and options."""
+
+    user_id: str
+    events: list[tuple[str, float]]
+    cold_only: bool = False
+    seed: int = 0
+
+    @property
+    def seen(self) -> list[str]:
+        return list(dict.fromkeys(item for item, _ in self.events))
+
+
+def read_request(rt: Runtime, user_id: str, *, cold_only: bool = False, seed: int = 0) -> Request:
+    with rt.session() as session:
+        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed)
+
+
+@dataclass
+class Served:
+    """A ranked list of one policy, with what the exposure log needs about each item when it was served."""
+
+    policy: Policy
+    model_version: str
+    alpha: float | None
+    items: list[str]
+    scores: list[float]
+    interactions: list[int]  # when served
+
+
+def _served(hit: Hit, shrinkage: float) -> np.ndarray | None:
+    interactions = int(hit.payload.get("interactions", 0))
+    return served_vector(hit.vectors.get(CF), hit.vectors.get(CONTENT), interactions, shrinkage)
+
+
+def user_vector(rt: Runtime, view: ModelView, req: Request, hits: dict[str, Hit]) -> np.ndarray | None:
+    """The user's factors: learned by ALS, else folded in from their events against the items' served vectors
+    (computed per request, never written to the index)."""
+    found = get_user(rt.index, req.user_id, collection=view.users)
+    if found is not None and found[1].get("source") == "als":
+        return found[0]
+    weights: dict[str, float] = defaultdict(float)
+    for item, w in req.events:
+        weights[item] += w  # repeated events add up, as in training's confidence matrix
+    c = view.config
+    rows = [(v, weights[i]) for i in weights if i in hits and (v := _served(hits[i], c.cf_shrinkage)) is not None]
+    if not rows:
+        return None
+    vecs, counts = np.stack([v for v, _ in rows]), np.array([n for _, n in rows])
+    return fold_in_events(vecs, counts, reg=c.als_reg, alpha=c.als_alpha, gram=view.item_gram)
+
+
+def _knn(hits: list[Hit], dims: dict[str, int]) -> np.ndarray:
+    """content_knn vectors of hits from their stored unit text and image embeddings (zeros where absent)."""
+    parts = [np.stack([h.vectors.get(m, np.zeros(dims[m], np.float32)) for h in hits]) for m in KNN_MODALITIES]
+    return knn_matrix(*parts)
+
+
+def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[str]) -> UserContext:
+    """What the policies need of the user, from one read of their history items' vectors."""
+    vectors = ([CF, CONTENT] if needs & {"vector", "profile"} else []) + (
+        list(KNN_MODALITIES) if "knn_profile" in needs else []
+    )
+    seen = req.seen
+    found = get_items(rt.index, seen, vectors=vectors, collection=view.items) if vectors else []
+    hits = {h.item_id: h for h in found}
+    recent = [hits[i] for i in seen[:PROFILE_ITEMS] if i in hits]
+    ctx = UserContext()
+    if "vector" in needs:
+        ctx.vector = user_vector(rt, view, req, hits)
+    if "profile" in needs:
+        ctx.profile = profile([h.vectors[CONTENT] for h in recent if CONTENT in h.vectors])
+    if "knn_profile" in needs and recent:
+        ctx.knn_profile = profile(list(_knn(recent, view.config.embedding_dims)))
+    return ctx
+
+
+def _rows(hits: list[Hit], name: str, dim: int) -> np.ndarray:
+    missing = np.full(dim, np.nan, np.float32)
+    return np.stack([h.vectors.get(name, missing) for h in hits]).astype(np.float32)
+
+
+def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, req: Request, k: int) -> list[Hit]:
+    n = max(100, 5 * k)
+    dims = view.config.embedding_dims
+    hits: dict[str, Hit] = {}
+    queries = policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES])
+    for q in queries:
+        warm_only = isinstance(q, Search) and q.warm_only
+        flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
+        if isinstance(q, Search):
+            found = search(rt.index, q.vector, q.using, n, flt, with_vectors=policy.vectors, collection=view.items)
+        elif isinstance(q, TopBy):
+            found = top_by(rt.index, q.key, n, flt, collection=view.items)
+        else:
+            found = sample(rt.index, n, flt, collection=view.items)
+        for h in found:
+            hits.setdefault(h.item_id, h)
+    return list(hits.values())
+
+
+def serve(
+    rt: Runtime, policies: Sequence[Policy], k: int, req: Request, contexts: dict[str, UserContext] | None = None
+) -> list[Served]:
+    """Rank up to k unseen items for the user with each policy. The user's context is built once per model version
+    (`contexts` may hold it already, by version). UnknownVersionError / VersionNotIndexedError when a policy's model
+    version cannot be served."""
+    needs = frozenset().union(*(p.context for p in policies))
+    contexts = {} if contexts is None else contexts
+    out = []
+    for policy in policies:
+        view = rt.view(policy.model_version)
+        if view.version not in contexts:
+            contexts[view.version] = user_context(rt, view, req, needs)
+        ctx = contexts[view.version]
+        found = _candidates(rt, view, policy, ctx, req, k)
+        dim = len(ctx.vector) if ctx.vector is not None else view.config.dim
+        cands = Candidates(
+            [h.item_id for h in found],
+            np.array([int(h.payload.get("interactions", 0)) for h in found], np.int64),
+            _rows(found, CONTENT, dim) if "content" in policy.arrays and found else None,
+            _rows(found, CF, dim) if "cf" in policy.arrays and found else None,
+            _knn(found, view.config.embedding_dims) if "knn" in policy.arrays and found else None,
+        )
+        c = view.config
+        order, scores = rank(policy, cands, ctx, k, default_alpha=c.alpha, shrinkage=c.cf_shrinkage, seed=req.seed)
+        items = [cands.item_ids[i] for i in order]
+        payloads = {h.item_id: h.payload for h in found}
+        if not view.served:  # interaction counts are kept current on the served collection
+            payloads.update({h.item_id: h.payload for h in get_items(rt.index, items, vectors=False)})
+        alpha = (c.alpha if policy.alpha is None else policy.alpha) if policy.tunable else None
+        interactions = [int(payloads[i].get("interactions", 0)) for i in items]
+        out.append(Served(policy, view.version, alpha, items, scores, interactions))
+    return out
