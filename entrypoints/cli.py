@@ -424,3 +424,7 @@ def ab_report(
     chart = chart or Path(f"experiment-{experiment_id}.png")
     chart.write_bytes(chart_png(report, f"experiment {experiment_id}"))
     console.print(f"chart written to {chart}")
+
+
+if __name__ == "__main__":
+    app()
