@@ -11,6 +11,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from services.dispatch import BrokerUnavailableError
+from workers import transport
 
 EMBED = "thaw.embed_item"
 REEMBED = "thaw.reembed_chunk"
@@ -35,7 +36,7 @@ def make_celery(config: QueueConfig) -> Celery:
     if broker is None:
         queue = config.embedded_dir / "queue"
         queue.mkdir(parents=True, exist_ok=True)
-        broker = "filesystem://localhost//"  # the host is ignored; naming one keeps kombu quiet
+        broker = f"{transport.SCHEME}://localhost//"  # the host is ignored; naming one keeps kombu quiet
         options = {
             "data_folder_in": str(queue),
             "data_folder_out": str(queue),
