@@ -185,6 +185,7 @@ def test_reembed_under_queries_survives_a_killed_worker_and_a_broker_restart(bro
             resp = client.post("/jobs/reembed", json={"model_version": "v2"})
             assert resp.status_code == 202, resp.text
             job_id = resp.json()["job_id"]
+            answered_at_start = querier.requests
             assert resp.json()["total"] == N_ITEMS + len(BAD)
             # uploads while the job runs: embedded with v1 (served) and v2 (being filled)
             uploads = [
@@ -201,6 +202,7 @@ def test_reembed_under_queries_survives_a_killed_worker_and_a_broker_restart(bro
                 job = client.get(f"/jobs/{job_id}").json()
                 p = job["progress"]
                 if job["status"] in ("succeeded", "failed"):
+                    answered_during_job = querier.requests - answered_at_start
                     break
                 if "kill" not in events and p["done"] + p["failed"] >= 150:
                     workers[0].kill()
@@ -224,8 +226,9 @@ def test_reembed_under_queries_survives_a_killed_worker_and_a_broker_restart(bro
     assert [f["item_id"] for f in p["failures"]] == BAD and all("png image" in f["error"] for f in p["failures"])
     assert p["switched"] and p["source_version"] == "v1" and p["target_version"] == "v2"
     assert models["served"] == "v2"
-    # zero downtime: every query answered, with items, before and after the switch
-    assert querier.errors == [] and querier.requests > 50, querier.errors[:5]
+    # zero downtime: every query answered, with items, while the job ran and on both sides of the switch (how many
+    # depends on the machine's load, so only that there were some is asserted)
+    assert querier.errors == [] and answered_during_job > 0, querier.errors[:5]
     assert querier.versions[0] == "v1" and querier.versions[-1] == "v2"
     assert sorted(set(querier.versions)) == ["v1", "v2"]
     # exactly one point per item in the new version, written by v2; the uploads landed in both versions
