@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from entrypoints.runtime import build_runtime
 from indexer.collections import Index
-from indexer.search import payloads
+from indexer.search import count, payloads
 from services.runtime import Runtime
 from tests.integration.conftest import ApiServer, RedisServer, Worker, wait_job
 from thaw.registry import Registry
@@ -96,13 +96,18 @@ class BrokerService:
     data_dir: Path
 
     def qdrant_count(self, collection: str) -> int:
-        index = Index(path=self.data_dir / "qdrant", shared=True)
-        with index.session() as client:
-            return client.count(collection, exact=True).count
+        index = Index(path=self.data_dir / "qdrant")  # a peer of the API, which owns the index
+        try:
+            return count(index, collection=collection)
+        finally:
+            index.close()
 
     def points(self, collection: str) -> dict[str, dict[str, Any]]:
-        index = Index(path=self.data_dir / "qdrant", shared=True)
-        found = payloads(index, collection, ["item_id", "model_version", "metadata"])
+        index = Index(path=self.data_dir / "qdrant")
+        try:
+            found = payloads(index, collection, ["item_id", "model_version", "metadata"])
+        finally:
+            index.close()
         return {str(p["item_id"]): p for p in found}
 
 
