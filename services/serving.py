@@ -1,15 +1,17 @@
-"""Services: serving recommendations — a user's history and vectors read once per request, each policy's
-candidates fetched from the index (its `queries`) and ranked by the policy (thaw.experiments.policies)."""
+"""Services: serving recommendations — per request, each model view resolved once, the user's history and its items'
+vectors read once, each policy's candidate searches (its `queries`) sent to the index as one batch, and the
+candidates ranked by the policy (thaw.experiments.policies). Serving reads the index and never writes it."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.search import Hit, get_items, get_user, payload_filter, sample, search, top_by
+from indexer.engine import Query
+from indexer.search import Hit, get_items, get_user, largest, nearest, payload_filter, query_batch, random_sample
 from services.db import history
 from services.runtime import ModelView, Runtime
 from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, knn_matrix, rank
@@ -29,6 +31,16 @@ class Request:
     events: list[tuple[str, float]]
     cold_only: bool = False
     seed: int = 0
+    views: dict[str | None, ModelView] = field(default_factory=dict)  # resolved once per request, by version asked
+
+    def view(self, rt: Runtime, version: str | None = None) -> ModelView:
+        """The model view of `version` (None: the served one), resolved on first use and kept for the request."""
+        if version not in self.views:
+            view = rt.view(version)
+            self.views[version] = self.views[view.version] = view
+            if view.served:
+                self.views[None] = view
+        return self.views[version]
 
     @property
     def seen(self) -> list[str]:
@@ -107,17 +119,18 @@ def _rows(hits: list[Hit], name: str, dim: int) -> np.ndarray:
 def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, req: Request, k: int) -> list[Hit]:
     n = max(100, 5 * k)
     dims = view.config.embedding_dims
-    hits: dict[str, Hit] = {}
-    queries = policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES])
-    for q in queries:
+    batch: list[Query] = []
+    for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
         flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
-            found = search(rt.index, q.vector, q.using, n, flt, with_vectors=policy.vectors, collection=view.items)
+            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors))
         elif isinstance(q, TopBy):
-            found = top_by(rt.index, q.key, n, flt, collection=view.items)
+            batch.append(largest(q.key, n, flt))
         else:
-            found = sample(rt.index, n, flt, collection=view.items)
+            batch.append(random_sample(n, flt))
+    hits: dict[str, Hit] = {}
+    for found in query_batch(rt.index, batch, collection=view.items):
         for h in found:
             hits.setdefault(h.item_id, h)
     return list(hits.values())
@@ -133,7 +146,7 @@ def serve(
     contexts = {} if contexts is None else contexts
     out = []
     for policy in policies:
-        view = rt.view(policy.model_version)
+        view = req.view(rt, policy.model_version)
         if view.version not in contexts:
             contexts[view.version] = user_context(rt, view, req, needs)
         ctx = contexts[view.version]
