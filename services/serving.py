@@ -87,15 +87,16 @@ def user_vector(rt: Runtime, view: ModelView, req: Request, hits: dict[str, Hit]
 
 
 def _knn(hits: list[Hit], dims: dict[str, int]) -> np.ndarray:
-    """content_knn vectors of hits from their stored unit text and image embeddings (zeros where absent)."""
-    parts = [np.stack([h.vectors.get(m, np.zeros(dims[m], np.float32)) for h in hits]) for m in KNN_MODALITIES]
+    """content_knn vectors of hits from their stored unit text and image embeddings (zeros where absent; a modality
+    the model lacks has no columns)."""
+    parts = [np.stack([h.vectors.get(m, np.zeros(dims.get(m, 0), np.float32)) for h in hits]) for m in KNN_MODALITIES]
     return knn_matrix(*parts)
 
 
 def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[str]) -> UserContext:
     """What the policies need of the user, from one read of their history items' vectors."""
     vectors = ([CF, CONTENT] if needs & {"vector", "profile"} else []) + (
-        list(KNN_MODALITIES) if "knn_profile" in needs else []
+        [m for m in KNN_MODALITIES if m in view.config.embedding_dims] if "knn_profile" in needs else []
     )
     seen = req.seen
     found = get_items(rt.index, seen, vectors=vectors, collection=view.items) if vectors else []
@@ -120,7 +121,7 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
     n = max(100, 5 * k)
     dims = view.config.embedding_dims
     batch: list[Query] = []
-    for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES]):
+    for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims.get(m, 0) for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
         flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
