@@ -67,24 +67,36 @@ def similar(
         raise NotIndexedError(
             f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})"
         )
-    return search(index, item.vectors[using], using, k, payload_filter(match, exclude_items=[item_id]))
+    flt = payload_filter(match, exclude_items=[item_id])
+    return query_batch(index, [nearest(item.vectors[using], using, k, flt, fields=["item_id"])])[0]
 
 
 def nearest(
-    vector: np.ndarray, using: str, k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False
+    vector: np.ndarray,
+    using: str,
+    k: int,
+    query_filter: Filter | None = None,
+    *,
+    with_vectors: Selection = False,
+    fields: Selection = True,
 ) -> Query:
-    """The query for the k items nearest to `vector` by the named vector `using`."""
-    return Query(k, np.asarray(vector, np.float32), using, filter=query_filter, with_vectors=_vectors(with_vectors))
+    """The query for the k items nearest to `vector` by the named vector `using`, with the payload `fields`."""
+    vector = np.asarray(vector, np.float32)
+    return Query(k, vector, using, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
 
 
-def largest(key: str, k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False) -> Query:
+def largest(
+    key: str, k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False, fields: Selection = True
+) -> Query:
     """The query for the k items with the largest integer payload `key` (e.g. `interactions`; it has an index)."""
-    return Query(k, order_by=key, filter=query_filter, with_vectors=_vectors(with_vectors))
+    return Query(k, order_by=key, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
 
 
-def random_sample(k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False) -> Query:
+def random_sample(
+    k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False, fields: Selection = True
+) -> Query:
     """The query for k items drawn at random by the engine (not seeded)."""
-    return Query(k, filter=query_filter, with_vectors=_vectors(with_vectors))
+    return Query(k, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
 
 
 def query_batch(index: Index, queries: Sequence[Query], *, collection: str = ITEMS) -> list[list[Hit]]:
@@ -137,10 +149,13 @@ def count(index: Index, query_filter: Filter | None = None, *, collection: str =
     return index.engine().count(index.collection(collection), query_filter)
 
 
-def get_items(index: Index, item_ids: list[str], *, vectors: Selection, collection: str = ITEMS) -> list[Hit]:
+def get_items(
+    index: Index, item_ids: list[str], *, vectors: Selection, collection: str = ITEMS, fields: Selection = True
+) -> list[Hit]:
+    """The stored items among `item_ids`, with the named `vectors` and the payload `fields`."""
     if not item_ids:
         return []
-    found = index.engine().retrieve(index.collection(collection), [point_id(i) for i in item_ids], vectors)
+    found = index.engine().retrieve(index.collection(collection), [point_id(i) for i in item_ids], vectors, fields)
     return [Hit(str(r.payload.get("item_id")), 1.0, r.payload, r.vectors) for r in found]
 
 

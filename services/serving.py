@@ -21,6 +21,7 @@ from thaw.scoring import profile, served_vector
 
 HISTORY_EVENTS = 500  # the newest events a user's folded-in vector is solved from
 PROFILE_ITEMS = 200  # the newest history items a content profile averages
+FIELDS = ["item_id", "interactions"]  # the payload ranking and the exposure log read
 
 
 @dataclass
@@ -99,7 +100,7 @@ def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[st
         [m for m in KNN_MODALITIES if m in view.config.embedding_dims] if "knn_profile" in needs else []
     )
     seen = req.seen
-    found = get_items(rt.index, seen, vectors=vectors, collection=view.items) if vectors else []
+    found = get_items(rt.index, seen, vectors=vectors, collection=view.items, fields=FIELDS) if vectors else []
     hits = {h.item_id: h for h in found}
     recent = [hits[i] for i in seen[:PROFILE_ITEMS] if i in hits]
     ctx = UserContext()
@@ -125,11 +126,11 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
         warm_only = isinstance(q, Search) and q.warm_only
         flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
-            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors))
+            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors, fields=FIELDS))
         elif isinstance(q, TopBy):
-            batch.append(largest(q.key, n, flt))
+            batch.append(largest(q.key, n, flt, fields=FIELDS))
         else:
-            batch.append(random_sample(n, flt))
+            batch.append(random_sample(n, flt, fields=FIELDS))
     hits: dict[str, Hit] = {}
     for found in query_batch(rt.index, batch, collection=view.items):
         for h in found:
