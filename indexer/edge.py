@@ -116,7 +116,8 @@ class EdgeEngine(Engine):
             return self._shards[name]
 
     def collections(self) -> list[str]:
-        return sorted(p.name for p in self._shards_dir.iterdir() if (p / "edge_config.json").exists())
+        found = self._shards_dir.iterdir()
+        return sorted(p.name for p in found if not p.name.startswith(".") and (p / "edge_config.json").exists())
 
     def create_collection(self, name: str, spec: CollectionSpec) -> None:
         q8 = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
