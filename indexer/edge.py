@@ -128,7 +128,10 @@ class EdgeEngine(Engine):
             for n, v in spec.vectors.items()
         }
         config = qe.EdgeConfig(
-            vectors=vectors, hnsw_config=_HNSW, optimizers=qe.EdgeOptimizersConfig(default_segment_number=2)
+            vectors=vectors,
+            hnsw_config=_HNSW,
+            optimizers=qe.EdgeOptimizersConfig(default_segment_number=2),
+            payload_memory=qe.Memory.Cached,  # warmed into the page cache at open: candidates read their payload
         )
         with self._write_lock, self._open_lock:
             path = self._shards_dir / name
