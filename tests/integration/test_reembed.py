@@ -329,7 +329,8 @@ def test_reindex_rebuilds_the_served_version_from_the_database(tmp_path: Path, m
     before = {h.item_id: h for h in get_items(rt.index, ["r000", "r005"], vectors=True)}
     rt.close()
     shutil.rmtree(settings.qdrant_path)
-    result = CliRunner().invoke(app, ["reindex"], env={"THAW_DATA_DIR": str(tmp_path)})
+    # without an index there is no served version to default to (it would be the newest trained one, v3)
+    result = CliRunner().invoke(app, ["reindex", "--version", "v1"], env={"THAW_DATA_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert "indexed 12 items; v1 is served" in result.output and "2 items skipped" in result.output, result.output
     index = Index(path=settings.qdrant_path)
