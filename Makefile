@@ -35,7 +35,8 @@ test: $(STAMP) redis lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --json bench/results/ingest.json
-	$(BIN)/python bench/search.py --json bench/results/search.json
+	$(BIN)/python -m bench.scale --items 10000 --json bench/results/scale_10k.json
+	$(BIN)/python -m bench.scale --items 100000 --json bench/results/scale_100k.json
 
 clean:
 	rm -rf $(VENV) .thaw out

@@ -1,5 +1,5 @@
-"""Re-embedding throughput with 1 and 2 `celery worker` processes (real Redis broker, the API under uvicorn, embedded
-Qdrant shared by the processes under a file lock), each next to the raw encoder throughput (`ThawModel.encode` on
+"""Re-embedding throughput with 1 and 2 `celery worker` processes (real Redis broker, the API under uvicorn owning the
+embedded index, the workers its peers), each next to the raw encoder throughput (`ThawModel.encode` on
 the same items, decoded beforehand, in batches of the chunk size, with the same torch thread count as one worker)
 measured in the same run just before it. Runs with torch's default thread count and with one thread per worker."""
 

@@ -1,4 +1,5 @@
-"""Entry points: the `thaw` command line — train, serve, ingest, reembed, models, activate, evaluate, demo, ab."""
+"""Entry points: the `thaw` command line — train, reindex, serve, ingest, reembed, models, activate, evaluate,
+demo, ab."""
 
 from __future__ import annotations
 
@@ -53,6 +54,34 @@ def train(
         import_interactions(rt, ds.interactions.for_items(split.warm))
         console.print(f"indexed {n} items; {model.version} is served")
     rt.close()
+
+
+@app.command()
+def reindex(
+    version: Annotated[
+        str | None, typer.Option(help="model version (default: the served one, else the newest)")
+    ] = None,
+) -> None:
+    """Rebuild a version's index from the database, the media store and the model, then serve it (e.g. to move an
+    existing data directory onto the embedded engine). That version serves nothing while it runs."""
+    from rich.progress import Progress
+
+    from entrypoints.runtime import build_runtime
+    from services.reindex import rebuild
+    from thaw.settings import Settings
+
+    rt = build_runtime(Settings())
+    try:
+        with Progress(console=console) as bar:
+            task = bar.add_task("reindex", total=None)
+            served, n, skipped = rebuild(
+                rt, version, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    finally:
+        rt.close()
+    console.print(f"indexed {n} items; {served} is served")
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} items skipped (their originals cannot be encoded): {skipped[:10]}[/]")
 
 
 @app.command()

@@ -30,7 +30,7 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.qdrant_url:
         index = Index(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
     else:
-        index = Index(path=settings.qdrant_path, shared=settings.shared_qdrant_path)
+        index = Index(path=settings.qdrant_path)
     return Runtime(
         index=index,
         store=MediaStore(settings.media_dir),
@@ -92,7 +92,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             stop.set()
             thread.join(timeout=30)
 
-    background: list[Background] = [reembed_supervisor]
+    @contextmanager
+    def open_index() -> Iterator[None]:
+        rt.index.open()  # the API owns the embedded index (unless another process already does) and loads it now
+        yield
+
+    background: list[Background] = [open_index, reembed_supervisor]
     if settings.embedded_broker:
         background.insert(0, embedded_worker)
     return build_app(rt, dispatcher, api_keys=settings.api_keys, reembed_defaults=defaults, background=background)

@@ -1,4 +1,4 @@
-"""Indexer: Qdrant collections, idempotent writes and searches (qdrant-client only)."""
+"""Indexer: the vector index — Qdrant Edge in-process by default, a Qdrant server through qdrant-client at scale."""
 
 from indexer.collections import Index, IndexError_, collection_name
 

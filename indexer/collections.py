@@ -1,23 +1,33 @@
-"""Indexer: opening Qdrant (embedded path, shared path, or server) and creating versioned collections + aliases."""
+"""Indexer: the `Index` handle (the engine chosen once, at construction) and versioned collections with the
+`items`/`users` aliases that say which version is served."""
 
 from __future__ import annotations
 
-import fcntl
 import threading
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 
-from qdrant_client import QdrantClient
-from qdrant_client.http import models as qm
-
+from indexer.engine import CollectionSpec, Distance, Engine, PayloadType, VectorSpec
 from thaw.errors import UnavailableError
 from thaw.registry import version_key
 from thaw.schema import CF, CONTENT
 
 ITEMS = "items"  # alias of the active items collection
 USERS = "users"  # alias of the active users collection
+
+# The distance of each named vector, in one place: the learned CF space and the content vector predicted into it
+# are scored by dot product (the score of matrix factorisation); any other vector (a modality's embedding) by
+# cosine. Either may be switched to "cosine" or "dot" here.
+DISTANCES: dict[str, Distance] = {CF: "dot", CONTENT: "dot"}
+DEFAULT_DISTANCE: Distance = "cosine"
+ITEM_PAYLOAD_INDEXES: dict[str, PayloadType] = {
+    "item_id": "keyword",
+    "modalities": "keyword",
+    "interactions": "integer",
+    "model_version": "keyword",
+}
+QUANTIZE_FROM = 128  # named vectors of at least this size are stored int8-quantized (rescored with the originals)
 
 
 class IndexError_(UnavailableError):
@@ -40,95 +50,81 @@ def collection_name(kind: str, version: str) -> str:
 
 
 class Index:
-    """One handle on Qdrant for every component; `session()` yields a `QdrantClient`.
+    """One handle on the vector index for every component; `engine()` is the engine it talks to.
 
-    - `url`: a Qdrant server; one client, shared by threads.
-    - `path`: embedded storage owned by this process; one client, calls serialised by a lock.
-    - `path` with `shared=True`: embedded storage used by several processes (API + separate workers on one host
-      without a Qdrant server); each session opens the storage under an exclusive file lock and closes it.
+    - `url`: a Qdrant server (or cluster) through qdrant-client; one client, shared by threads.
+    - `path`: embedded storage (Qdrant Edge) under a directory. One process of the host owns it and the others
+      (Celery workers, the CLI) send it their calls over a Unix socket (`indexer.shared`).
     """
 
-    def __init__(
-        self, *, url: str | None = None, path: Path | None = None, api_key: str | None = None, shared: bool = False
-    ) -> None:
+    def __init__(self, *, url: str | None = None, path: Path | None = None, api_key: str | None = None) -> None:
         if (url is None) == (path is None):
             raise ValueError(f"Index needs exactly one of url or path; got url={url!r}, path={path!r}")
-        if shared and url is not None:
-            raise ValueError("shared=True applies to embedded storage (path), not to a server url")
-        self.url, self.path, self.shared = url, path, shared
+        if api_key is not None and url is None:
+            raise ValueError("api_key applies to a Qdrant server (url), not to embedded storage (path)")
+        self.url, self.path = url, path
         self._api_key = api_key
-        self._lock = threading.RLock()
-        self._client: QdrantClient | None = None
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
 
-    def _open(self) -> QdrantClient:
+    def engine(self) -> Engine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = self._open()
+        return self._engine
+
+    def _open(self) -> Engine:
         if self.url is not None:
-            return QdrantClient(url=self.url, api_key=self._api_key, timeout=30)
+            from indexer.server import ServerEngine
+
+            return ServerEngine(self.url, self._api_key)
+        from indexer.shared import SharedEngine
+
         assert self.path is not None
-        self.path.mkdir(parents=True, exist_ok=True)
-        return QdrantClient(path=str(self.path), force_disable_check_same_thread=True)
+        return SharedEngine(self.path)
 
-    @contextmanager
-    def session(self) -> Iterator[QdrantClient]:
-        if self.url is not None:
-            if self._client is None:
-                self._client = self._open()
-            yield self._client
-            return
-        with self._lock:
-            if not self.shared:
-                if self._client is None:
-                    self._client = self._open()
-                yield self._client
-                return
-            assert self.path is not None
-            self.path.mkdir(parents=True, exist_ok=True)
-            with (self.path.parent / f".{self.path.name}.lock").open("w") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                client = self._open()
-                try:
-                    yield client
-                finally:
-                    client.close()
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+    def open(self) -> None:
+        """Open the storage and the served collections now (at start-up) rather than on the first request."""
+        from indexer.shared import SharedEngine
 
-    def resolved(self, client: QdrantClient, alias: str) -> str | None:
+        engine = self.engine()
+        if isinstance(engine, SharedEngine):
+            engine.open_all()
+
+    def resolved(self, alias: str) -> str | None:
         """The collection `alias` names, from the pinned snapshot when the context has one."""
         pinned = _PINNED.get()
         if pinned is None:
-            return resolve_alias(client, alias)
+            return self.engine().aliases().get(alias)
         snapshot = pinned.get(id(self))
         if snapshot is None:
-            snapshot = pinned[id(self)] = {a: resolve_alias(client, a) for a in (ITEMS, USERS)}
-        return snapshot[alias] if alias in snapshot else resolve_alias(client, alias)
+            aliases = self.engine().aliases()
+            snapshot = pinned[id(self)] = {a: aliases.get(a) for a in (ITEMS, USERS)}
+        return snapshot[alias] if alias in snapshot else self.engine().aliases().get(alias)
 
-    def collection(self, client: QdrantClient, name: str) -> str:
-        """What to pass to Qdrant for `name`: a concrete collection as is; an alias as pinned (or itself)."""
+    def collection(self, name: str) -> str:
+        """What to pass to the engine for `name`: a concrete collection as is; an alias as pinned (or itself)."""
         if name in (ITEMS, USERS) and _PINNED.get() is not None:
-            return self.resolved(client, name) or name
+            return self.resolved(name) or name
         return name
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
 
 
-def _item_vectors(dim: int, embedding_dims: dict[str, int]) -> dict[str, qm.VectorParams]:
-    vectors = {
-        CF: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
-        CONTENT: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
-    }
-    for modality, size in embedding_dims.items():
-        vectors[modality] = qm.VectorParams(size=size, distance=qm.Distance.COSINE)
-    return vectors
+def item_spec(dim: int, embedding_dims: dict[str, int]) -> CollectionSpec:
+    sizes = {CF: dim, CONTENT: dim, **embedding_dims}
+    vectors = {name: VectorSpec(size, DISTANCES.get(name, DEFAULT_DISTANCE)) for name, size in sizes.items()}
+    quantized = tuple(name for name, size in sizes.items() if size >= QUANTIZE_FROM)
+    return CollectionSpec(vectors, dict(ITEM_PAYLOAD_INDEXES), quantized)
 
 
-def resolve_alias(client: QdrantClient, alias: str) -> str | None:
-    for a in client.get_aliases().aliases:
-        if a.alias_name == alias:
-            return a.collection_name
-    return None
+def user_spec(dim: int) -> CollectionSpec:
+    return CollectionSpec({CF: VectorSpec(dim, DISTANCES.get(CF, DEFAULT_DISTANCE))})
 
 
 def ensure_collections(index: Index, version: str, dim: int, embedding_dims: dict[str, int]) -> tuple[str, str]:
@@ -137,33 +133,24 @@ def ensure_collections(index: Index, version: str, dim: int, embedding_dims: dic
     A version whose vector sizes differ from another's simply gets its own collections with its own schema.
     """
     items, users = collection_name(ITEMS, version), collection_name(USERS, version)
-    with index.session() as client:
-        if not client.collection_exists(items):
-            client.create_collection(items, vectors_config=_item_vectors(dim, embedding_dims))
-            for field, schema in (
-                ("item_id", qm.PayloadSchemaType.KEYWORD),
-                ("modalities", qm.PayloadSchemaType.KEYWORD),
-                ("interactions", qm.PayloadSchemaType.INTEGER),
-                ("model_version", qm.PayloadSchemaType.KEYWORD),
-            ):
-                client.create_payload_index(items, field, field_schema=schema)
-        if not client.collection_exists(users):
-            client.create_collection(users, vectors_config={CF: qm.VectorParams(size=dim, distance=qm.Distance.DOT)})
+    engine = index.engine()
+    existing = set(engine.collections())
+    if items not in existing:
+        engine.create_collection(items, item_spec(dim, embedding_dims))
+    if users not in existing:
+        engine.create_collection(users, user_spec(dim))
     return items, users
 
 
 def activate(index: Index, version: str) -> None:
     """Point the `items` and `users` aliases at a version's collections in one atomic alias update."""
-    ops: list[qm.CreateAliasOperation | qm.DeleteAliasOperation] = []
-    with index.session() as client:
-        for kind in (ITEMS, USERS):
-            target = collection_name(kind, version)
-            if not client.collection_exists(target):
-                raise IndexError_(f"collection {target} does not exist; index version {version} first")
-            if resolve_alias(client, kind) is not None:
-                ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=kind)))
-            ops.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=kind)))
-        client.update_collection_aliases(change_aliases_operations=ops)
+    engine = index.engine()
+    existing = set(engine.collections())
+    targets = {kind: collection_name(kind, version) for kind in (ITEMS, USERS)}
+    for target in targets.values():
+        if target not in existing:
+            raise IndexError_(f"collection {target} does not exist; index version {version} first")
+    engine.set_aliases(targets)
     pinned = _PINNED.get()
     if pinned is not None:  # the request that swapped reads the new state from here on
         pinned.pop(id(index), None)
@@ -171,18 +158,28 @@ def activate(index: Index, version: str) -> None:
 
 def active_collection_version(index: Index) -> str | None:
     """The served version: the one the `items` alias points at (pinned within a request)."""
-    with index.session() as client:
-        target = index.resolved(client, ITEMS)
+    target = index.resolved(ITEMS)
     return target.split("__", 1)[1] if target else None
+
+
+def has_version(index: Index, version: str) -> bool:
+    """Whether a version's items and users collections both exist."""
+    names = set(index.engine().collections())
+    return collection_name(ITEMS, version) in names and collection_name(USERS, version) in names
 
 
 def indexed_versions(index: Index) -> list[str]:
     """Versions whose items and users collections both exist, oldest first."""
-    with index.session() as client:
-        names = {c.name for c in client.get_collections().collections}
+    names = set(index.engine().collections())
     prefix = f"{ITEMS}__"
     found = [n[len(prefix) :] for n in names if n.startswith(prefix)]
     return sorted((v for v in found if collection_name(USERS, v) in names), key=version_key)
+
+
+def optimize(index: Index, version: str) -> None:
+    """Build the search indexes of a version's collections after a bulk load (before it is served)."""
+    for kind in (ITEMS, USERS):
+        index.engine().optimize(collection_name(kind, version))
 
 
 def versions_to_remove(versions: Sequence[str], keep: int, protected: Collection[str]) -> list[str]:
@@ -200,8 +197,9 @@ def versions_to_remove(versions: Sequence[str], keep: int, protected: Collection
 
 def remove_versions(index: Index, versions: Sequence[str]) -> None:
     """Delete the items and users collections of each version (idempotent)."""
-    with index.session() as client:
-        for version in versions:
-            for kind in (ITEMS, USERS):
-                if client.collection_exists(collection_name(kind, version)):
-                    client.delete_collection(collection_name(kind, version))
+    engine = index.engine()
+    existing = set(engine.collections())
+    for version in versions:
+        for kind in (ITEMS, USERS):
+            if collection_name(kind, version) in existing:
+                engine.delete_collection(collection_name(kind, version))

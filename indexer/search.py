@@ -1,15 +1,16 @@
-"""Indexer: reads for the API — one item, similar items, a user's vector, recommendation candidates."""
+"""Indexer: reads for the API — one item, similar items, a user's vector, recommendation candidates (one batch of
+searches per request)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from qdrant_client.http import models as qm
 
 from indexer.collections import ITEMS, USERS, Index
+from indexer.engine import Filter, Query, Record, Selection
 from thaw.errors import NotFoundError
 from thaw.schema import CF, CONTENT, point_id, user_point_id
 
@@ -29,53 +30,30 @@ class NotIndexedError(NotFoundError):
 def payload_filter(
     match: Mapping[str, str | int | bool] | None = None,
     *,
-    exclude_items: list[str] | None = None,
+    exclude_items: Sequence[str] | None = None,
     cold_only: bool = False,
     warm_only: bool = False,
-) -> qm.Filter | None:
-    must: list[qm.Condition] = [
-        qm.FieldCondition(key=key, match=qm.MatchValue(value=value)) for key, value in (match or {}).items()
-    ]
+) -> Filter | None:
+    must = dict(match or {})
     if cold_only:
-        must.append(qm.FieldCondition(key="interactions", match=qm.MatchValue(value=0)))
-    if warm_only:
-        must.append(qm.FieldCondition(key="interactions", range=qm.Range(gt=0)))
-    must_not: list[qm.Condition] = []
-    if exclude_items:
-        must_not.append(qm.HasIdCondition(has_id=[point_id(i) for i in exclude_items]))
-    return qm.Filter(must=must or None, must_not=must_not or None) if (must or must_not) else None
+        must["interactions"] = 0
+    greater = {"interactions": 0.0} if warm_only else {}
+    exclude = tuple(point_id(i) for i in exclude_items or ())
+    return Filter(must, greater, exclude) if (must or greater or exclude) else None
 
 
-def _vectors(raw: object) -> dict[str, np.ndarray]:
-    if not isinstance(raw, dict):
-        return {}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+def _hits(records: list[Record]) -> list[Hit]:
+    return [Hit(str(r.payload.get("item_id")), r.score, r.payload, r.vectors) for r in records]
 
 
-def _hits(points: list[Any]) -> list[Hit]:
-    """Qdrant points (scored or retrieved: score 1.0) as Hits."""
-    out = []
-    for p in points:
-        score = getattr(p, "score", None)
-        out.append(
-            Hit(
-                str((p.payload or {}).get("item_id")),
-                1.0 if score is None else float(score),
-                p.payload or {},
-                _vectors(p.vector),
-            )
-        )
-    return out
+def _vectors(with_vectors: Selection) -> Selection:
+    """`True` asks for the vectors scoring uses (CF and content), not every stored one."""
+    return [CF, CONTENT] if with_vectors is True else with_vectors
 
 
-def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -> Hit | None:
-    with index.session() as client:
-        recs = client.retrieve(
-            index.collection(client, ITEMS), [point_id(item_id)], with_vectors=vectors, with_payload=True
-        )
-    if not recs:
-        return None
-    return Hit(item_id, 1.0, recs[0].payload or {}, _vectors(recs[0].vector))
+def get_item(index: Index, item_id: str, *, vectors: Selection = False) -> Hit | None:
+    found = get_items(index, [item_id], vectors=vectors)
+    return found[0] if found else None
 
 
 def similar(
@@ -89,7 +67,42 @@ def similar(
         raise NotIndexedError(
             f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})"
         )
-    return search(index, item.vectors[using], using, k, payload_filter(match, exclude_items=[item_id]))
+    flt = payload_filter(match, exclude_items=[item_id])
+    return query_batch(index, [nearest(item.vectors[using], using, k, flt, fields=["item_id"])])[0]
+
+
+def nearest(
+    vector: np.ndarray,
+    using: str,
+    k: int,
+    query_filter: Filter | None = None,
+    *,
+    with_vectors: Selection = False,
+    fields: Selection = True,
+) -> Query:
+    """The query for the k items nearest to `vector` by the named vector `using`, with the payload `fields`."""
+    vector = np.asarray(vector, np.float32)
+    return Query(k, vector, using, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
+
+
+def largest(
+    key: str, k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False, fields: Selection = True
+) -> Query:
+    """The query for the k items with the largest integer payload `key` (e.g. `interactions`; it has an index)."""
+    return Query(k, order_by=key, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
+
+
+def random_sample(
+    k: int, query_filter: Filter | None = None, *, with_vectors: Selection = False, fields: Selection = True
+) -> Query:
+    """The query for k items drawn at random by the engine (not seeded)."""
+    return Query(k, filter=query_filter, with_vectors=_vectors(with_vectors), with_payload=fields)
+
+
+def query_batch(index: Index, queries: Sequence[Query], *, collection: str = ITEMS) -> list[list[Hit]]:
+    """Several searches of one collection in one engine call, one list of hits per query."""
+    found = index.engine().query_batch(index.collection(collection), queries)
+    return [_hits(records) for records in found]
 
 
 def search(
@@ -97,118 +110,80 @@ def search(
     vector: np.ndarray,
     using: str,
     k: int,
-    query_filter: qm.Filter | None = None,
+    query_filter: Filter | None = None,
     *,
-    with_vectors: bool | list[str] = False,
+    with_vectors: Selection = False,
     collection: str = ITEMS,
 ) -> list[Hit]:
     """The k items nearest to `vector` by the named vector `using`; `with_vectors=True` returns CF and content."""
-    query = np.asarray(vector, np.float32).tolist()
-    vectors = [CF, CONTENT] if with_vectors is True else with_vectors
-    return _query(index, query, k, query_filter, vectors, collection, using=using)
-
-
-def _query(
-    index: Index,
-    query: Any,
-    k: int,
-    query_filter: qm.Filter | None,
-    with_vectors: list[str] | bool,
-    collection: str,
-    *,
-    using: str | None = None,
-) -> list[Hit]:
-    with index.session() as client:
-        res = client.query_points(
-            index.collection(client, collection),
-            query=query,
-            using=using,
-            limit=k,
-            query_filter=query_filter,
-            with_payload=True,
-            with_vectors=with_vectors,
-        )
-    return _hits(res.points)
+    query = nearest(vector, using, k, query_filter, with_vectors=with_vectors)
+    return query_batch(index, [query], collection=collection)[0]
 
 
 def top_by(
     index: Index,
     key: str,
     k: int,
-    query_filter: qm.Filter | None = None,
+    query_filter: Filter | None = None,
     *,
-    with_vectors: list[str] | bool = False,
+    with_vectors: Selection = False,
     collection: str = ITEMS,
 ) -> list[Hit]:
-    """The k items with the largest integer payload `key` (e.g. `interactions`; needs its payload index)."""
-    order = qm.OrderByQuery(order_by=qm.OrderBy(key=key, direction=qm.Direction.DESC))
-    return _query(index, order, k, query_filter, with_vectors, collection)
+    """The k items with the largest integer payload `key`."""
+    return query_batch(index, [largest(key, k, query_filter, with_vectors=with_vectors)], collection=collection)[0]
 
 
 def sample(
     index: Index,
     k: int,
-    query_filter: qm.Filter | None = None,
+    query_filter: Filter | None = None,
     *,
-    with_vectors: list[str] | bool = False,
+    with_vectors: Selection = False,
     collection: str = ITEMS,
 ) -> list[Hit]:
-    """k items drawn at random by Qdrant (not seeded)."""
-    return _query(index, qm.SampleQuery(sample=qm.Sample.RANDOM), k, query_filter, with_vectors, collection)
+    """k items drawn at random by the engine (not seeded)."""
+    return query_batch(index, [random_sample(k, query_filter, with_vectors=with_vectors)], collection=collection)[0]
 
 
-def count(index: Index, query_filter: qm.Filter | None = None, *, collection: str = ITEMS) -> int:
-    with index.session() as client:
-        return int(client.count(index.collection(client, collection), count_filter=query_filter, exact=True).count)
+def count(index: Index, query_filter: Filter | None = None, *, collection: str = ITEMS) -> int:
+    return index.engine().count(index.collection(collection), query_filter)
 
 
-def get_items(index: Index, item_ids: list[str], *, vectors: list[str] | bool, collection: str = ITEMS) -> list[Hit]:
+def get_items(
+    index: Index, item_ids: list[str], *, vectors: Selection, collection: str = ITEMS, fields: Selection = True
+) -> list[Hit]:
+    """The stored items among `item_ids`, with the named `vectors` and the payload `fields`."""
     if not item_ids:
         return []
-    with index.session() as client:
-        recs = client.retrieve(
-            index.collection(client, collection),
-            [point_id(i) for i in item_ids],
-            with_vectors=vectors,
-            with_payload=True,
-        )
-    return _hits(recs)
+    found = index.engine().retrieve(index.collection(collection), [point_id(i) for i in item_ids], vectors, fields)
+    return [Hit(str(r.payload.get("item_id")), 1.0, r.payload, r.vectors) for r in found]
 
 
 def get_user(index: Index, user_id: str, *, collection: str = USERS) -> tuple[np.ndarray, dict[str, Any]] | None:
-    with index.session() as client:
-        recs = client.retrieve(
-            index.collection(client, collection), [user_point_id(user_id)], with_vectors=[CF], with_payload=True
-        )
-    if not recs:
+    found = index.engine().retrieve(index.collection(collection), [user_point_id(user_id)], [CF])
+    if not found or CF not in found[0].vectors:
         return None
-    return _vectors(recs[0].vector)[CF], recs[0].payload or {}
+    return found[0].vectors[CF], found[0].payload
 
 
 def get_users(index: Index, user_ids: list[str], *, collection: str = USERS) -> dict[str, np.ndarray]:
     """The CF vectors of those of `user_ids` that are in the users collection, in one read."""
     if not user_ids:
         return {}
-    with index.session() as client:
-        recs = client.retrieve(
-            index.collection(client, collection), [user_point_id(u) for u in user_ids], with_vectors=[CF]
-        )
     ids = {user_point_id(u): u for u in user_ids}
-    return {ids[str(r.id)]: _vectors(r.vector)[CF] for r in recs}
+    found = index.engine().retrieve(index.collection(collection), list(ids), [CF], False)
+    return {ids[r.id]: r.vectors[CF] for r in found if CF in r.vectors}
 
 
 def payloads(
-    index: Index, collection: str, fields: list[str], query_filter: qm.Filter | None = None
+    index: Index, collection: str, fields: list[str], query_filter: Filter | None = None
 ) -> list[dict[str, Any]]:
     """The `fields` of every point of a collection matching the filter (a scroll, page by page)."""
     out: list[dict[str, Any]] = []
-    offset: Any = None
-    with index.session() as client:
-        name = index.collection(client, collection)
-        while True:
-            page, offset = client.scroll(
-                name, scroll_filter=query_filter, limit=1000, offset=offset, with_payload=fields, with_vectors=False
-            )
-            out.extend(p.payload or {} for p in page)
-            if offset is None:
-                return out
+    offset: str | None = None
+    engine, name = index.engine(), index.collection(collection)
+    while True:
+        page, offset = engine.scroll(name, query_filter, fields, offset, 1000)
+        out.extend(r.payload for r in page)
+        if offset is None:
+            return out

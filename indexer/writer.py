@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from qdrant_client.http import models as qm
 
 from indexer.collections import Index
-from thaw.schema import CF, CF_SOURCE, point_id, user_point_id
+from indexer.engine import Record
+from thaw.schema import CF, point_id, user_point_id
 
 
 @dataclass
@@ -20,69 +20,44 @@ class ItemPoint:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def _vec(v: np.ndarray) -> list[float]:
-    return np.asarray(v, dtype=np.float32).tolist()
-
-
 def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, keep_cf: bool = True) -> list[str]:
     """Write items; returns the ids written. With `keep_cf` an item that already has a learned CF vector and
     interaction count keeps them (a re-upload replaces content, not the interactions the item has earned). A point
     whose payload carries a `revision` never replaces a stored point of a newer revision: a slow re-embedding of an
-    item cannot overwrite the vectors of a newer upload (read and write share one session, which holds the storage
-    lock in embedded modes)."""
+    item cannot overwrite the vectors of a newer upload (the engine reads and writes under one lock of the process
+    that owns the index)."""
     if not points:
         return []
-    ids = [point_id(p.item_id) for p in points]
+    records = [
+        Record(
+            point_id(p.item_id),
+            dict(p.payload, item_id=p.item_id),
+            {k: np.asarray(v, np.float32) for k, v in p.vectors.items()},
+        )
+        for p in points
+    ]
     guarded = any("revision" in p.payload for p in points)
-    with index.session() as client:
-        target = index.collection(client, collection)
-        existing = {}
-        if keep_cf or guarded:
-            recs = client.retrieve(
-                target,
-                ids,
-                with_vectors=[CF] if keep_cf else False,
-                with_payload=["interactions", "revision", CF_SOURCE],
-            )
-            existing = {str(rec.id): rec for rec in recs}
-        structs, written = [], []
-        for pid, p in zip(ids, points, strict=True):
-            old = existing.get(pid)
-            old_payload = (old.payload or {}) if old is not None else {}
-            if "revision" in p.payload and int(old_payload.get("revision", 0)) > int(p.payload["revision"]):
-                continue
-            vectors = {name: _vec(v) for name, v in p.vectors.items()}
-            payload = dict(p.payload, item_id=p.item_id)
-            if keep_cf and old is not None and CF not in vectors and isinstance(old.vector, dict) and CF in old.vector:
-                vectors[CF] = list(old.vector[CF])  # type: ignore[arg-type]
-                payload["interactions"] = old_payload.get("interactions", payload.get("interactions", 0))
-                if CF_SOURCE in old_payload:
-                    payload[CF_SOURCE] = old_payload[CF_SOURCE]
-            payload.setdefault("interactions", 0)
-            structs.append(qm.PointStruct(id=pid, vector=vectors, payload=payload))  # type: ignore[arg-type]
-            written.append(p.item_id)
-        if structs:
-            client.upsert(target, points=structs, wait=True)
-    return written
+    written = set(index.engine().upsert(index.collection(collection), records, keep_cf=keep_cf, guarded=guarded))
+    return [p.item_id for p in points if point_id(p.item_id) in written]
 
 
 def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, interactions: int) -> None:
     """Move an item towards its learned CF vector as it gains interactions (vector + count, nothing else)."""
-    pid = point_id(item_id)
-    with index.session() as client:
-        name = index.collection(client, collection)
-        client.update_vectors(name, points=[qm.PointVectors(id=pid, vector={CF: _vec(cf)})], wait=True)
-        client.set_payload(name, payload={"interactions": interactions}, points=[pid], wait=True)
+    index.engine().update(
+        index.collection(collection),
+        point_id(item_id),
+        {CF: np.asarray(cf, np.float32)},
+        {"interactions": interactions},
+    )
 
 
 def upsert_users(
     index: Index, collection: str, user_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
 ) -> None:
-    structs = [
-        qm.PointStruct(id=user_point_id(u), vector={CF: _vec(v)}, payload=dict(p, user_id=u))
+    records = [
+        Record(user_point_id(u), dict(p, user_id=u), {CF: np.asarray(v, np.float32)})
         for u, v, p in zip(user_ids, vectors, payloads, strict=True)
     ]
-    with index.session() as client:
-        name = index.collection(client, collection)
-        for start in range(0, len(structs), 512):
-            client.upsert(name, points=structs[start : start + 512], wait=True)
+    engine, name = index.engine(), index.collection(collection)
+    for start in range(0, len(records), 2048):
+        engine.write(name, records[start : start + 2048])

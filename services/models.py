@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from indexer.collections import ITEMS, active_collection_version, collection_name, indexed_versions
+from indexer.search import count
 from services import jobs, reembed
 from services.db import running_reembeds
 from services.dispatch import BrokerUnavailableError, Dispatcher
@@ -30,9 +31,8 @@ def versions(rt: Runtime) -> tuple[str | None, str | None, list[VersionInfo]]:
     served = active_collection_version(rt.index)
     indexed = set(indexed_versions(rt.index))
     counts: dict[str, int] = {}
-    with rt.index.session() as client:
-        for version in indexed:
-            counts[version] = client.count(collection_name(ITEMS, version), exact=True).count
+    for version in indexed:
+        counts[version] = count(rt.index, collection=collection_name(ITEMS, version))
     out = [VersionInfo(rt.registry.config(v), v in indexed, counts.get(v), v == served) for v in rt.registry.versions()]
     with rt.session() as session:
         running = running_reembeds(session)

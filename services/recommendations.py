@@ -52,7 +52,7 @@ def recommend(
     )
     rec_id = uuid.uuid4().hex
     req = read_request(rt, user_id, cold_only=cold_only, seed=seed_of(rec_id))
-    view = rt.view()
+    view = req.view(rt)
     needs = frozenset({"vector"}).union(*(p.context for p in policies))
     contexts = {view.version: user_context(rt, view, req, needs)}
     if contexts[view.version].vector is None:  # the same for every arm, so eligibility cannot differ between arms

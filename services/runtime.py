@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from indexer.collections import ITEMS, USERS, Index, activate, active_collection_version, collection_name
+from indexer.collections import ITEMS, USERS, Index, activate, active_collection_version, collection_name, has_version
 from services.media_store import MediaStore
 from thaw.errors import ConflictError, UnavailableError
 from thaw.registry import ModelConfig, Registry
@@ -85,9 +85,7 @@ class Runtime:
         else:
             self.registry.path(version)
             items, users = collection_name(ITEMS, version), collection_name(USERS, version)
-            with self.index.session() as client:
-                indexed = client.collection_exists(items) and client.collection_exists(users)
-            if not indexed:
+            if not has_version(self.index, version):
                 raise VersionNotIndexedError(
                     f"model version {version!r} has no indexed collections {items}, {users}: re-embed the catalogue "
                     f'with it first (POST /jobs/reembed {{"model_version": "{version}"}})'

@@ -1,15 +1,17 @@
-"""Services: serving recommendations — a user's history and vectors read once per request, each policy's
-candidates fetched from the index (its `queries`) and ranked by the policy (thaw.experiments.policies)."""
+"""Services: serving recommendations — per request, each model view resolved once, the user's history and its items'
+vectors read once, each policy's candidate searches (its `queries`) sent to the index as one batch, and the
+candidates ranked by the policy (thaw.experiments.policies). Serving reads the index and never writes it."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.search import Hit, get_items, get_user, payload_filter, sample, search, top_by
+from indexer.engine import Query
+from indexer.search import Hit, get_items, get_user, largest, nearest, payload_filter, query_batch, random_sample
 from services.db import history
 from services.runtime import ModelView, Runtime
 from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, knn_matrix, rank
@@ -19,6 +21,7 @@ from thaw.scoring import profile, served_vector
 
 HISTORY_EVENTS = 500  # the newest events a user's folded-in vector is solved from
 PROFILE_ITEMS = 200  # the newest history items a content profile averages
+FIELDS = ["item_id", "interactions"]  # the payload ranking and the exposure log read
 
 
 @dataclass
@@ -29,6 +32,16 @@ class Request:
     events: list[tuple[str, float]]
     cold_only: bool = False
     seed: int = 0
+    views: dict[str | None, ModelView] = field(default_factory=dict)  # resolved once per request, by version asked
+
+    def view(self, rt: Runtime, version: str | None = None) -> ModelView:
+        """The model view of `version` (None: the served one), resolved on first use and kept for the request."""
+        if version not in self.views:
+            view = rt.view(version)
+            self.views[version] = self.views[view.version] = view
+            if view.served:
+                self.views[None] = view
+        return self.views[version]
 
     @property
     def seen(self) -> list[str]:
@@ -75,18 +88,19 @@ def user_vector(rt: Runtime, view: ModelView, req: Request, hits: dict[str, Hit]
 
 
 def _knn(hits: list[Hit], dims: dict[str, int]) -> np.ndarray:
-    """content_knn vectors of hits from their stored unit text and image embeddings (zeros where absent)."""
-    parts = [np.stack([h.vectors.get(m, np.zeros(dims[m], np.float32)) for h in hits]) for m in KNN_MODALITIES]
+    """content_knn vectors of hits from their stored unit text and image embeddings (zeros where absent; a modality
+    the model lacks has no columns)."""
+    parts = [np.stack([h.vectors.get(m, np.zeros(dims.get(m, 0), np.float32)) for h in hits]) for m in KNN_MODALITIES]
     return knn_matrix(*parts)
 
 
 def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[str]) -> UserContext:
     """What the policies need of the user, from one read of their history items' vectors."""
     vectors = ([CF, CONTENT] if needs & {"vector", "profile"} else []) + (
-        list(KNN_MODALITIES) if "knn_profile" in needs else []
+        [m for m in KNN_MODALITIES if m in view.config.embedding_dims] if "knn_profile" in needs else []
     )
     seen = req.seen
-    found = get_items(rt.index, seen, vectors=vectors, collection=view.items) if vectors else []
+    found = get_items(rt.index, seen, vectors=vectors, collection=view.items, fields=FIELDS) if vectors else []
     hits = {h.item_id: h for h in found}
     recent = [hits[i] for i in seen[:PROFILE_ITEMS] if i in hits]
     ctx = UserContext()
@@ -107,17 +121,18 @@ def _rows(hits: list[Hit], name: str, dim: int) -> np.ndarray:
 def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, req: Request, k: int) -> list[Hit]:
     n = max(100, 5 * k)
     dims = view.config.embedding_dims
-    hits: dict[str, Hit] = {}
-    queries = policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES])
-    for q in queries:
+    batch: list[Query] = []
+    for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims.get(m, 0) for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
         flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
-            found = search(rt.index, q.vector, q.using, n, flt, with_vectors=policy.vectors, collection=view.items)
+            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors, fields=FIELDS))
         elif isinstance(q, TopBy):
-            found = top_by(rt.index, q.key, n, flt, collection=view.items)
+            batch.append(largest(q.key, n, flt, fields=FIELDS))
         else:
-            found = sample(rt.index, n, flt, collection=view.items)
+            batch.append(random_sample(n, flt, fields=FIELDS))
+    hits: dict[str, Hit] = {}
+    for found in query_batch(rt.index, batch, collection=view.items):
         for h in found:
             hits.setdefault(h.item_id, h)
     return list(hits.values())
@@ -133,7 +148,7 @@ def serve(
     contexts = {} if contexts is None else contexts
     out = []
     for policy in policies:
-        view = rt.view(policy.model_version)
+        view = req.view(rt, policy.model_version)
         if view.version not in contexts:
             contexts[view.version] = user_context(rt, view, req, needs)
         ctx = contexts[view.version]

@@ -88,8 +88,3 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
-
-    @property
-    def shared_qdrant_path(self) -> bool:
-        """Embedded Qdrant opened by several processes (external broker, no server): lock per operation."""
-        return self.qdrant_url is None and not self.embedded_broker

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from indexer.collections import ITEMS, Index
-from indexer.search import payload_filter
+from indexer.search import count, payload_filter
 from tests.integration.conftest import Worker, wait_job
 from tests.integration.test_service import ogg, upload
 
@@ -33,9 +33,11 @@ def test_worker_killed_mid_task_embeds_item_exactly_once(service_env: dict[str, 
         assert job["status"] == "succeeded", job
         assert job["attempts"] >= 2
         assert client.get("/items/kill-item").json()["indexed"] is True
-        index = Index(path=Path(service_env["THAW_DATA_DIR"]) / "qdrant", shared=True)
-        with index.session() as qdrant:
-            found = qdrant.count(ITEMS, count_filter=payload_filter({"item_id": "kill-item"}), exact=True).count
+        index = Index(path=Path(service_env["THAW_DATA_DIR"]) / "qdrant")  # a peer of the API, which owns the index
+        try:
+            found = count(index, payload_filter({"item_id": "kill-item"}), collection=ITEMS)
+        finally:
+            index.close()
         assert found == 1
     finally:
         survivor.stop()

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from entrypoints.runtime import build_runtime
 from indexer.collections import Index
-from indexer.search import payloads
+from indexer.search import count, payloads
 from services.runtime import Runtime
 from tests.integration.conftest import ApiServer, RedisServer, Worker, wait_job
 from thaw.registry import Registry
@@ -96,13 +96,18 @@ class BrokerService:
     data_dir: Path
 
     def qdrant_count(self, collection: str) -> int:
-        index = Index(path=self.data_dir / "qdrant", shared=True)
-        with index.session() as client:
-            return client.count(collection, exact=True).count
+        index = Index(path=self.data_dir / "qdrant")  # a peer of the API, which owns the index
+        try:
+            return count(index, collection=collection)
+        finally:
+            index.close()
 
     def points(self, collection: str) -> dict[str, dict[str, Any]]:
-        index = Index(path=self.data_dir / "qdrant", shared=True)
-        found = payloads(index, collection, ["item_id", "model_version", "metadata"])
+        index = Index(path=self.data_dir / "qdrant")
+        try:
+            found = payloads(index, collection, ["item_id", "model_version", "metadata"])
+        finally:
+            index.close()
         return {str(p["item_id"]): p for p in found}
 
 
@@ -313,3 +318,30 @@ def test_embedded_default_failure_share_skip_retention_and_cli(tmp_path: Path, m
         result = runner.invoke(app, ["reembed", "--resume", second["job_id"], "--url", server.url])
         assert result.exit_code == 1 and "already succeeded" in result.output, result.output
         assert client.get("/users/u1/recommendations").json()["model_version"] == "v2"
+
+
+def test_reindex_rebuilds_the_served_version_from_the_database(tmp_path: Path, models_dir: Path) -> None:
+    """The index is derived data: with its directory gone (or written by another engine), `thaw reindex` rebuilds
+    the served version from the database, the media store and the model, and items whose originals rotted are
+    skipped and named."""
+    from entrypoints.cli import app
+    from indexer.search import get_items
+
+    settings = Settings(data_dir=tmp_path)
+    rt = serve_v1(settings, models_dir, 12)
+    before = {h.item_id: h for h in get_items(rt.index, ["r000", "r005"], vectors=True)}
+    rt.close()
+    shutil.rmtree(settings.qdrant_path)
+    # without an index there is no served version to default to (it would be the newest trained one, v3)
+    result = CliRunner().invoke(app, ["reindex", "--version", "v1"], env={"THAW_DATA_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "indexed 12 items; v1 is served" in result.output and "2 items skipped" in result.output, result.output
+    index = Index(path=settings.qdrant_path)
+    try:
+        assert count(index) == 12
+        after = {h.item_id: h for h in get_items(index, ["r000", "r005"], vectors=True)}
+        for item_id, hit in before.items():
+            assert np.allclose(after[item_id].vectors["content"], hit.vectors["content"], atol=1e-5)
+            assert after[item_id].payload["content_hash"] == hit.payload["content_hash"]
+    finally:
+        index.close()

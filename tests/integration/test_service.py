@@ -13,8 +13,9 @@ import soundfile as sf
 from PIL import Image
 
 from indexer.collections import ITEMS, Index
+from indexer.search import get_items
 from tests.integration.conftest import Worker, wait_job
-from thaw.schema import CF, CF_SOURCE, point_id
+from thaw.schema import CF, CF_SOURCE
 
 pytestmark = pytest.mark.integration
 
@@ -110,19 +111,21 @@ def test_events_keep_a_warm_items_learned_factors(
     """A warm item's CF vector is ALS's, learned on its whole audience: an event does not refold it (a cold item's
     is folded in, above); neither does a re-upload of its content."""
     warm = next(i for i in map(str, range(160)) if client.get(f"/items/{i}").json()["interactions"] > 0)
-    index = Index(path=Path(service_env["THAW_DATA_DIR"]) / "qdrant", shared=True)
+    index = Index(path=Path(service_env["THAW_DATA_DIR"]) / "qdrant")  # a peer of the API, which owns the index
 
     def cf() -> list[float]:
-        with index.session() as qdrant:
-            (rec,) = qdrant.retrieve(ITEMS, [point_id(warm)], with_vectors=[CF], with_payload=[CF_SOURCE])
-        assert (rec.payload or {}).get(CF_SOURCE) == "als"
-        return list(rec.vector[CF])  # type: ignore[index]
+        (hit,) = get_items(index, [warm], vectors=[CF], collection=ITEMS)
+        assert hit.payload.get(CF_SOURCE) == "als"
+        return hit.vectors[CF].tolist()
 
-    before = cf()
-    assert client.post("/events", json={"user_id": "u1", "item_id": warm, "weight": 5}).status_code == 200
-    assert cf() == before
-    assert wait_job(client, upload(client, warm, {"title": "Rocket galaxy astronaut"}))["status"] == "succeeded"
-    assert cf() == before
+    try:
+        before = cf()
+        assert client.post("/events", json={"user_id": "u1", "item_id": warm, "weight": 5}).status_code == 200
+        assert cf() == before
+        assert wait_job(client, upload(client, warm, {"title": "Rocket galaxy astronaut"}))["status"] == "succeeded"
+        assert cf() == before
+    finally:
+        index.close()
 
 
 def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, worker: Worker) -> None:

@@ -50,5 +50,5 @@ def test_index_refuses_contradictory_arguments(tmp_path: Path) -> None:
         Index(url="http://x:6333", path=tmp_path)
     with pytest.raises(ValueError, match="exactly one"):
         Index()
-    with pytest.raises(ValueError, match="shared=True"):
-        Index(url="http://x:6333", shared=True)
+    with pytest.raises(ValueError, match="api_key applies to a Qdrant server"):
+        Index(path=tmp_path, api_key="secret")
