@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from indexer.collections import active_collection_version
 from indexer.search import Hit, get_item, similar
 from services.db import ItemRecord, Job, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
@@ -82,7 +83,7 @@ class StoredItem:
 
 
 def read(rt: Runtime, item_id: str) -> StoredItem:
-    hit = get_item(rt.index, item_id)
+    hit = get_item(rt.index, item_id) if active_collection_version(rt.index) is not None else None
     with rt.session() as session:
         record = session.get(ItemRecord, item_id)
         job = session.scalars(select(Job).where(Job.item_id == item_id).order_by(Job.created_at.desc())).first()

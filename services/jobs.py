@@ -120,11 +120,12 @@ def lost_embeds(session: Session, policy: SweepPolicy, now: datetime) -> list[tu
 
 
 def _claim(session: Session, job_id: str, seen: int, now: datetime) -> bool:
-    """Compare-and-set on the dispatch count: of several sweeps (API processes) that saw the same job, one sends."""
+    """Compare-and-set on the dispatch count: of several sweeps (API processes) that saw the same job, one sends.
+    The job is queued again: a worker that had it is presumed dead, and its new message waits its turn."""
     claimed = session.execute(
         update(Job)
         .where(Job.job_id == job_id, Job.dispatches == seen, Job.status.in_(UNFINISHED))
-        .values(dispatched_at=now, dispatches=seen + 1)
+        .values(dispatched_at=now, dispatches=seen + 1, status=JobStatus.QUEUED)
     )
     session.commit()
     return cast("CursorResult[Any]", claimed).rowcount == 1

@@ -92,6 +92,10 @@ def test_a_queued_job_that_later_jobs_overtook_is_sent_again(rt: Runtime) -> Non
     rec = Recorder()
     jobs.sweep(rt, rec, POLICY)
     assert sorted(job for _, job in rec.sent) == ["long-running", "skipped"]
+    with rt.session() as session:  # its worker is presumed dead: queued again, its new message waits its turn
+        job = session.get(Job, "long-running")
+        assert job is not None and job.status == JobStatus.QUEUED and job.dispatches == 2
+    assert jobs.sweep(rt, rec, POLICY) == 0
 
 
 def test_a_re_sent_job_taken_from_its_first_message_says_nothing_about_the_queue(rt: Runtime) -> None:
