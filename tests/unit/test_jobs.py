@@ -4,6 +4,7 @@ sweeps from sending one job twice, the dispatch cap, the schema upgrade, and the
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -185,3 +186,33 @@ def test_errors_are_classified_once() -> None:
     assert not is_transient(TypeError("cannot encode a lone surrogate"))
     assert not is_transient(InvalidInputError("bad image"))
     assert not is_transient(RecursionError())
+
+
+def test_embedded_mode_sends_a_lost_job_again_and_it_ends(tmp_path: Path) -> None:
+    """The embedded runtime runs the sweep too: a job recorded while the service runs but never sent (a lost
+    message) is sent and ends, here failed with its reason (the planted version has no weights), not retried."""
+    from fastapi.testclient import TestClient
+
+    from entrypoints.runtime import create_app
+    from indexer.collections import activate, ensure_collections
+    from services.db import ItemRecord
+    from tests.helpers import plant_version
+
+    settings = Settings(data_dir=tmp_path, job_resend_seconds=20, task_max_retries=0)
+    plant_version(settings.models_dir, "v1", dim=8, embedding_dims={"text": 384})
+    runtime = build_runtime(settings)
+    ensure_collections(runtime.index, "v1", 8, {"text": 384})
+    activate(runtime.index, "v1")
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        with runtime.session() as session:
+            session.add(ItemRecord(item_id="lost", metadata_={"title": "a lost message"}, media={}))
+            session.add(Job(job_id="lost-job", kind="embed", item_id="lost", status=JobStatus.QUEUED))
+            session.commit()
+        deadline = time.monotonic() + 120  # a bound on waiting, not a performance claim
+        while (job := client.get("/jobs/lost-job").json())["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+    assert job["status"] == "failed" and job["error"].startswith("TypeError"), job  # permanent: no retry
+    with runtime.session() as session:
+        found = session.get(Job, "lost-job")
+        assert found is not None and found.dispatches == 1 and found.attempts == 1
