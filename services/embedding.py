@@ -138,11 +138,10 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
                 upsert_items(rt.index, collection_name(ITEMS, version), [point])
             job.model_version = versions[0]
         except Exception as exc:
+            session.rollback()
             if is_transient(exc):
-                session.rollback()
                 raise  # the task retries it (workers.tasks)
             reason = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
-            session.rollback()
             _finish(session, job, JobStatus.FAILED, reason)
             log.warning("job %s failed: %s", job_id, reason)
             return job.status

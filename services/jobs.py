@@ -87,9 +87,9 @@ class SweepPolicy:
         return max(1.0, min(self.resend_seconds, self.reembed_stall_seconds) / 4)
 
 
-def record_dispatch(job: Job, due: datetime | None = None) -> None:
-    """Mark a job as sent now (or due at `due`, for a delayed retry), before its message goes out."""
-    job.dispatched_at, job.dispatches = due or utcnow(), (job.dispatches or 0) + 1
+def record_dispatch(job: Job) -> None:
+    """Mark a job as sent now, before its message goes out (a retry moves `dispatched_at` to when it is due)."""
+    job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
 
 
 def lost_embeds(session: Session, policy: SweepPolicy, now: datetime) -> list[tuple[str, str, int]]:
@@ -157,7 +157,8 @@ def resend_embeds(rt: Runtime, dispatcher: Dispatcher, policy: SweepPolicy, *, e
             try:
                 dispatcher.embed(item_id, job_id)
             except BrokerUnavailableError as exc:  # not sent after all: the count goes back, try on a later tick
-                session.execute(update(Job).where(Job.job_id == job_id).values(dispatches=seen))
+                unsent = update(Job).where(Job.job_id == job_id, Job.dispatches == seen + 1)
+                session.execute(unsent.values(dispatches=seen))
                 session.commit()
                 log.warning("broker unreachable, %d jobs wait for it: %s", len(due) - sent, exc)
                 break
