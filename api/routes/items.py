@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -128,6 +129,13 @@ async def _parse(request: Request, rt: Runtime) -> tuple[str, dict[str, Any], di
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         item_id, metadata, media = await _multipart(request, rt.limits.max_upload_bytes)
+    elif ctype.startswith("application/x-www-form-urlencoded"):  # a form without files (curl -d, httpx data=)
+        try:
+            text = (await request.body()).decode("utf-8")
+            fields: list[tuple[str, str | UploadFile]] = list(parse_qsl(text, errors="strict", max_num_fields=8))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInputError(f"malformed form body (UTF-8, at most 8 fields expected): {exc}") from exc
+        item_id, metadata, media = await _form_item(FormData(fields), rt.limits.max_upload_bytes)
     elif ctype.startswith("application/json"):
         try:
             body = ItemCreate.model_validate_json(await request.body())

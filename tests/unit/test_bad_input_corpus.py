@@ -96,6 +96,25 @@ def test_multipart_metadata_is_checked(client: TestClient, metadata: bytes, reas
     assert resp.status_code == 422 and reason in resp.json()["detail"], resp.text
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"item_id=x1&metadata=%7B%22title%22%3A%22caf%E9%22%7D", "malformed form body"),  # Latin-1, not UTF-8
+        (b"item_id=x1&metadata=%7B%22title%22%3ANaN%7D", "finite"),
+        (b"item_id=x1%0A&metadata=%7B%7D", "item_id"),
+        (b"&".join([b"a=1"] * 20), "malformed form body"),
+    ],
+)
+def test_url_encoded_forms_are_checked_as_strictly(client: TestClient, body: bytes, reason: str) -> None:
+    resp = client.post("/items", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 422 and reason in resp.json()["detail"], resp.text
+
+
+def test_a_url_encoded_form_is_an_upload(client: TestClient) -> None:
+    resp = client.post("/items", data={"item_id": "form-1", "metadata": '{"title": "caf\u00e9 night"}'})
+    assert resp.status_code == 202, resp.text
+
+
 @pytest.mark.parametrize("item_id", [b"x1\n", b"x1 ", b" x1", b"x\t1"])
 def test_ids_with_whitespace_are_refused(client: TestClient, item_id: bytes) -> None:
     body, headers = multipart({"item_id": item_id, "metadata": b'{"title":"a"}'})
