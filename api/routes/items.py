@@ -32,6 +32,10 @@ from thaw.schema import VectorName, check_id
 
 router = APIRouter(tags=["items"])
 
+_FORM_FIELDS = {
+    "item_id": {"type": "string"},
+    "metadata": {"type": "string", "description": "JSON object of text fields"},
+}
 _INGEST_BODY = {
     "requestBody": {
         "content": {
@@ -40,12 +44,14 @@ _INGEST_BODY = {
                     "type": "object",
                     "required": ["item_id"],
                     "properties": {
-                        "item_id": {"type": "string"},
-                        "metadata": {"type": "string", "description": "JSON object of text fields"},
+                        **_FORM_FIELDS,
                         "image": {"type": "string", "format": "binary"},
                         "audio": {"type": "string", "format": "binary"},
                     },
                 }
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "required": ["item_id"], "properties": _FORM_FIELDS}
             },
             "application/json": {"schema": ItemCreate.model_json_schema()},
         },

@@ -18,7 +18,7 @@ from indexer.collections import activate, ensure_collections
 from tests.helpers import plant_version
 from thaw.settings import Settings
 
-MAX_EXAMPLES = 12
+MAX_EXAMPLES = 20
 
 
 def _app() -> FastAPI:
