@@ -149,7 +149,8 @@ async def _parse(request: Request, rt: Runtime) -> tuple[str, dict[str, Any], di
             raise RequestValidationError(exc.errors(include_url=False)) from exc
         item_id, metadata, media = body.item_id, check_metadata(body.metadata), {}
     else:
-        raise UnsupportedMediaError(f"send multipart/form-data or application/json, not {ctype or 'no content type'}")
+        expected = "multipart/form-data, application/x-www-form-urlencoded or application/json"
+        raise UnsupportedMediaError(f"send {expected}, not {ctype or 'no content type'}")
     return check_id(item_id), metadata, media
 
 
