@@ -1,12 +1,11 @@
-"""API: typed dependencies (runtime, database session, dispatcher, API keys) that tests override."""
+"""API: typed dependencies (runtime, database session, dispatcher) that tests override."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from indexer.collections import pin_aliases
@@ -39,19 +38,6 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SessionDep = Annotated[Session, Depends(get_session)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 ReembedDefaultsDep = Annotated[ReembedDefaults, Depends(get_reembed_defaults)]
-
-
-def require_api_key(request: Request) -> None:
-    """When keys are configured, every endpoint but /health needs one (X-API-Key or Authorization: Bearer)."""
-    keys: list[str] = request.app.state.api_keys
-    if not keys:
-        return
-    given = request.headers.get("x-api-key") or ""
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if not any(secrets.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise HTTPException(401, "missing or invalid API key: send X-API-Key or Authorization: Bearer <key>")
 
 
 async def read_one_version() -> None:

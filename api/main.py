@@ -3,16 +3,17 @@ says what runs beside the app while it serves: the embedded worker, the job swee
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack, asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry
 
 from api import errors
-from api.deps import read_one_version, require_api_key
+from api.deps import read_one_version
+from api.middleware import Guard, Metrics, Scope
 from api.routes import experiments, health, items, jobs, models, users
+from api.schemas import ERROR_RESPONSES, MAX_BODY_BYTES, MAX_METADATA_BYTES
 from services.dispatch import Dispatcher
 from services.jobs import ReembedDefaults
 from services.runtime import Runtime
@@ -25,11 +26,12 @@ def build_app(
     dispatcher: Dispatcher,
     *,
     api_keys: Sequence[str] = (),
+    public_docs: bool = True,
     reembed_defaults: ReembedDefaults | None = None,
     background: Sequence[Background] = (),
 ) -> FastAPI:
-    """The API. Each of `background` is entered when the app starts and left when it stops; the runtime is closed
-    last."""
+    """The API. With `api_keys`, every path but /health (and the docs, when `public_docs`) needs one. Each of
+    `background` is entered when the app starts and left when it stops; the runtime is closed last."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,26 +44,27 @@ def build_app(
     app = FastAPI(
         title="Thaw", version="0.1.0", lifespan=lifespan, description="Cold-start recommendation from content"
     )
-    app.state.runtime, app.state.dispatcher, app.state.api_keys = runtime, dispatcher, list(api_keys)
+    app.state.runtime, app.state.dispatcher = runtime, dispatcher
     app.state.reembed_defaults = reembed_defaults or ReembedDefaults()
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
-    requests = Counter("thaw_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=registry)
-    latency = Histogram("thaw_http_request_seconds", "HTTP request latency", ["route"], registry=registry)
+    upload_limit = 2 * runtime.limits.max_upload_bytes + MAX_METADATA_BYTES + 64 * 1024  # two files, metadata, framing
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - start)
-        return response
+    def body_limit(scope: Scope) -> int:
+        """Uploads may carry two files; a JSON item only its metadata; any other body MAX_BODY_BYTES."""
+        if scope["path"] != "/items":
+            return MAX_BODY_BYTES
+        ctype = next((bytes(v) for k, v in scope["headers"] if k.lower() == b"content-type"), b"")
+        return upload_limit if ctype.startswith(b"multipart/") else MAX_METADATA_BYTES + 64 * 1024
 
+    docs = [p for p in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if p]
+    public = ["/health", *(docs if public_docs else [])]
+    app.add_middleware(Guard, keys=list(api_keys), public=public, body_limit=body_limit)
+    app.add_middleware(Metrics, registry=registry)  # outermost: sees the 401s and 413s
     errors.install(app)
     app.include_router(health.router)
-    secured = [Depends(require_api_key), Depends(read_one_version)]
+    secured = [Depends(read_one_version)]
     routers = (items.router, jobs.router, models.router, users.router, experiments.router, health.metrics_router)
     for router in routers:
-        app.include_router(router, dependencies=secured)
+        app.include_router(router, dependencies=secured, responses=ERROR_RESPONSES)
     return app

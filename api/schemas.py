@@ -2,32 +2,101 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
-from thaw.errors import InvalidInputError
+from thaw.errors import InvalidInputError, TooLargeError
 from thaw.schema import JobStatus, VectorName, check_id
 
 MetadataValue = str | int | float | bool | list[str | int | float] | None
+MAX_METADATA_BYTES = 1024 * 1024  # an item's metadata as JSON, however it arrives
+MAX_BODY_BYTES = 4 * 1024 * 1024  # any request body but an upload's
+FILTER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _text(value: str, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{where} must be valid Unicode text, got a lone surrogate at {exc.start}") from exc
+    return value
+
+
+def _scalar(value: object, where: str) -> bool:
+    if isinstance(value, str):
+        _text(value, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"{where} must be a finite number, got {value}")
+    return isinstance(value, str | int | float | bool)
 
 
 def check_metadata(value: object) -> dict[str, Any]:
-    """Metadata must be a JSON object of text fields (strings, numbers, lists of them)."""
+    """Metadata must be a JSON object of text fields (strings, finite numbers, lists of them), valid Unicode,
+    at most MAX_METADATA_BYTES as JSON."""
     if not isinstance(value, dict):
         raise InvalidInputError(f"metadata must be a JSON object of text fields, got {type(value).__name__}")
     for key, v in value.items():
-        ok = (
-            isinstance(v, str | int | float | bool)
-            or v is None
-            or (isinstance(v, list) and all(isinstance(x, str | int | float) for x in v))
-        )
-        if not ok:
-            raise InvalidInputError(
-                f"metadata field {key!r} must be a string, number or list of them, got {type(v).__name__}"
-            )
+        _text(key, "a metadata field name")
+        where = f"metadata field {key!r}"
+        ok = v is None or _scalar(v, where) or (isinstance(v, list) and all(_scalar(x, where) for x in v))
+        if not ok or isinstance(v, list) and any(isinstance(x, bool) for x in v):
+            raise InvalidInputError(f"{where} must be a string, number or list of them, got {type(v).__name__}")
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise TooLargeError(f"metadata is {size} bytes as JSON, more than the {MAX_METADATA_BYTES}-byte limit")
     return value
+
+
+def check_filter(match: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A payload filter's keys are plain field names (letters, digits, '_'); its values strings, numbers, bools."""
+    for key, v in (match or {}).items():
+        if not FILTER_KEY.fullmatch(key):
+            raise InvalidInputError(f"filter keys must be field names of letters, digits and '_', got {key[:40]!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InvalidInputError(f"filter value of {key!r} must be finite, got {v}")
+        if isinstance(v, str):
+            _text(v, f"filter value of {key!r}")
+    return match
+
+
+def _utc(moment: datetime) -> datetime:
+    """Datetimes go out in UTC with their offset (SQLite gives them back naive: they were written in UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error: a message, or the list of what failed validation."""
+
+    detail: str | list[ValidationIssue]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": what}
+    for code, what in (
+        (400, "Malformed request (e.g. a broken multipart body)"),
+        (401, "Missing or invalid API key"),
+        (404, "Not found"),
+        (409, "Conflicts with the state of the service"),
+        (413, "Body, file or metadata over its limit"),
+        (415, "Unsupported media type"),
+        (422, "Invalid input"),
+        (503, "Not available now (no model served yet, broker unreachable)"),
+    )
+}
 
 
 class ItemBase(BaseModel):
@@ -54,7 +123,7 @@ class ItemPublic(ItemBase):
     indexed: bool
     model_version: str | None = None
     interactions: int = 0
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
     job: dict[str, Any] | None = None
 
 
@@ -89,9 +158,9 @@ class JobPublic(BaseModel):
     item_id: str | None = None
     attempts: int = 0
     model_version: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
     progress: JobProgress | None = None
 
 
@@ -105,6 +174,11 @@ class ReembedCreate(BaseModel):
     filter: PayloadMatch | None = None
     chunk_size: int | None = Field(default=None, ge=1, le=1000)
     max_failed_share: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @field_validator("filter")
+    @classmethod
+    def _filter(cls, v: PayloadMatch | None) -> PayloadMatch | None:
+        return check_filter(v)
 
 
 class ReembedAccepted(BaseModel):
@@ -237,7 +311,7 @@ class ExperimentPublic(BaseModel):
     control: str
     salt: str
     arms: list[dict[str, Any]]
-    start_at: datetime
-    end_at: datetime | None
-    created_at: datetime
+    start_at: UtcDatetime
+    end_at: UtcDatetime | None
+    created_at: UtcDatetime
     status: Literal["scheduled", "running", "ended"]

@@ -118,10 +118,13 @@ def ingest(
 
 
 def _api(url: str, timeout: float = 60) -> httpx.Client:
-    """A client of a running service, with THAW_API_KEY sent as X-API-Key when it is set."""
+    """A client of a running service, sending the first of THAW_API_KEYS (the API's own variable) as X-API-Key."""
     import httpx
 
-    headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
+    from thaw.settings import Settings
+
+    keys = Settings().api_keys
+    headers = {"X-API-Key": keys[0]} if keys else {}
     return httpx.Client(base_url=url, timeout=timeout, headers=headers)
 
 

@@ -1,5 +1,5 @@
 """Entry points: the composition root — the runtime, the task queue and the API built from settings, and what runs
-beside the API (the embedded worker, the job sweeps). `uvicorn entrypoints.runtime:create_app --factory` serves it."""
+beside the API (the embedded worker, the job sweep). `uvicorn entrypoints.runtime:create_app --factory` serves it."""
 
 from __future__ import annotations
 
@@ -49,28 +49,28 @@ def build_celery(settings: Settings) -> Celery:
 
 
 def reembed_defaults(settings: Settings) -> jobs.ReembedDefaults:
-    return jobs.ReembedDefaults(
-        settings.reembed_chunk_size,
-        settings.reembed_max_failed_share,
-        settings.keep_versions,
-        settings.reembed_stall_seconds,
-    )
+    return jobs.ReembedDefaults(settings.reembed_chunk_size, settings.reembed_max_failed_share, settings.keep_versions)
+
+
+def sweep_policy(settings: Settings) -> jobs.SweepPolicy:
+    return jobs.SweepPolicy(settings.job_resend_seconds, settings.job_max_dispatches, settings.reembed_stall_seconds)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """The API as configured. With the embedded broker a Celery worker runs in this process, on the same runtime
-    (one owner of embedded storage), and unfinished jobs are sent again at start-up."""
+    (one owner of embedded storage), and unfinished jobs are sent again at start-up. In every mode the job sweep
+    (the outbox) runs beside the API and sends again the jobs whose messages were lost."""
     settings = settings or Settings()
     rt = runtime or build_runtime(settings)
     celery = build_celery(settings)
     dispatcher = CeleryDispatcher(celery)
-    defaults = reembed_defaults(settings)
+    policy = sweep_policy(settings)
 
     @contextmanager
     def embedded_worker() -> Iterator[None]:
         tasks.provide_runtime(rt)
         worker = start_embedded_worker(celery)
-        resent = jobs.resend_unfinished(rt, dispatcher)
+        resent = jobs.resend_unfinished(rt, dispatcher, policy)
         if resent:
             log.info("re-sent %d unfinished jobs", resent)
         try:
@@ -79,11 +79,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             worker.stop()  # type: ignore[attr-defined]
 
     @contextmanager
-    def reembed_supervisor() -> Iterator[None]:
+    def job_sweep() -> Iterator[None]:
         stop = threading.Event()
-        args = (rt, dispatcher, defaults.stall_seconds, stop)
         thread = threading.Thread(
-            target=jobs.supervise_reembeds, args=args, name="thaw-reembed-supervisor", daemon=True
+            target=jobs.supervise, args=(rt, dispatcher, policy, stop), name="thaw-job-sweep", daemon=True
         )
         thread.start()
         try:
@@ -97,7 +96,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         rt.index.open()  # the API owns the embedded index (unless another process already does) and loads it now
         yield
 
-    background: list[Background] = [open_index, reembed_supervisor]
+    background: list[Background] = [open_index, job_sweep]
     if settings.embedded_broker:
         background.insert(0, embedded_worker)
-    return build_app(rt, dispatcher, api_keys=settings.api_keys, reembed_defaults=defaults, background=background)
+    defaults = reembed_defaults(settings)
+    return build_app(
+        rt,
+        dispatcher,
+        api_keys=settings.api_keys,
+        public_docs=settings.environment == "development",
+        reembed_defaults=defaults,
+        background=background,
+    )

@@ -20,9 +20,12 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import DefaultClause
 
 from thaw.schema import UNFINISHED, ItemStatus, JobStatus
 
@@ -60,6 +63,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The outbox: when the job's message was last sent (or is due, for a retry) and how often it was sent.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ReembedJob(Base):
@@ -150,7 +156,23 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Add the columns a newer Thaw declares to tables an older one created (create_all adds only tables)."""
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = column.type.compile(engine.dialect)
+            server_default = column.server_default
+            default = f" DEFAULT {server_default.arg}" if isinstance(server_default, DefaultClause) else ""
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
 
 
 def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:

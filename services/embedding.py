@@ -25,6 +25,7 @@ from indexer.collections import (
 )
 from indexer.writer import ItemPoint, upsert_items, upsert_users
 from services.db import ItemRecord, Job, running_reembeds, utcnow
+from services.dispatch import is_transient
 from services.runtime import Runtime
 from thaw.datasets import Dataset
 from thaw.media import MediaError, decode_audio, decode_image
@@ -136,16 +137,25 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
                 point = item_point(model, item_id, model.encode([inp])[0], record_payload(record))
                 upsert_items(rt.index, collection_name(ITEMS, version), [point])
             job.model_version = versions[0]
-        except PermanentError as exc:
-            _finish(session, job, JobStatus.FAILED, str(exc))
-            log.warning("job %s failed: %s", job_id, exc)
+        except Exception as exc:
+            session.rollback()
+            if is_transient(exc):
+                raise  # the task retries it (workers.tasks)
+            reason = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
+            _finish(session, job, JobStatus.FAILED, reason)
+            log.warning("job %s failed: %s", job_id, reason)
             return job.status
-        except Exception:
-            job.status = JobStatus.QUEUED  # transient: the task is retried
-            session.commit()
-            raise
         _finish(session, job, JobStatus.SUCCEEDED)
         return job.status
+
+
+def requeue(rt: Runtime, job_id: str, due: datetime) -> None:
+    """A job back in the queue after a transient failure, its retry due at `due` (the job sweep waits for that)."""
+    with rt.session() as session:
+        job = session.get(Job, job_id)
+        if job is not None and not JobStatus(job.status).finished:
+            job.status, job.dispatched_at = JobStatus.QUEUED, due
+            session.commit()
 
 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> None:

@@ -4,6 +4,8 @@ transaction, then the job sent to the workers), what is stored about an item, an
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,35 +13,40 @@ from typing import Any
 
 from sqlalchemy import select
 
+from indexer.collections import active_collection_version
 from indexer.search import Hit, get_item, similar
 from services.db import ItemRecord, Job, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
+from services.jobs import record_dispatch
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
 from thaw.media import AUDIO_KINDS, IMAGE_KINDS, decode_audio, decode_image, sniff_kind
 from thaw.schema import JobStatus, item_text
 
 log = logging.getLogger(__name__)
+_DECODES = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))  # decodes at once (memory and CPU)
 
 
 def check_media(rt: Runtime, field: str, data: bytes) -> None:
-    """A file is accepted when its magic bytes name an allowed kind and it decodes whole within the limits."""
+    """A file is accepted when its magic bytes name an allowed kind and it decodes whole within the limits. Called
+    off the event loop; a bounded number of decodes run at once."""
     kind = sniff_kind(data)
     allowed = IMAGE_KINDS if field == "image" else AUDIO_KINDS
     if kind not in allowed:
         raise UnsupportedMediaError(f"{field} must be one of {', '.join(allowed)}; got {kind or 'unrecognised bytes'}")
     limits = rt.limits
-    if field == "image":
-        decode_image(data, max_pixels=limits.max_image_pixels)
-    else:
-        decode_audio(data, max_seconds=limits.max_audio_seconds)
+    with _DECODES:
+        if field == "image":
+            decode_image(data, max_pixels=limits.max_image_pixels)
+        else:
+            decode_audio(data, max_seconds=limits.max_audio_seconds)
 
 
 def submit(
     rt: Runtime, dispatcher: Dispatcher, item_id: str, metadata: dict[str, Any], media: Mapping[str, bytes]
 ) -> str:
-    """Ingest (or replace) an item; returns the id of the job that embeds it. The job is recorded before it is sent:
-    BrokerUnavailableError leaves it queued, to be sent again."""
+    """Ingest (or replace) an item; returns the id of the job that embeds it. The job is recorded (the outbox) before
+    it is sent: when the broker does not take the message, the job sweep sends it later."""
     if not media and not item_text(metadata):
         raise InvalidInputError("an item needs text fields in metadata, an image or audio; none was given")
     for field, data in media.items():
@@ -55,13 +62,14 @@ def submit(
             record.updated_at = utcnow()
         record.metadata_, record.media = metadata, hashes
         job = Job(kind="embed", item_id=item_id, revision=record.revision, status=JobStatus.QUEUED)
+        record_dispatch(job)
         session.add(job)
         session.commit()
         job_id = job.job_id
     try:
         dispatcher.embed(item_id, job_id)
     except BrokerUnavailableError as exc:
-        raise BrokerUnavailableError(f"job {job_id} recorded but the broker is unreachable: {exc}") from exc
+        log.warning("job %s recorded; the broker did not take it (%s): the job sweep sends it later", job_id, exc)
     return job_id
 
 
@@ -75,7 +83,7 @@ class StoredItem:
 
 
 def read(rt: Runtime, item_id: str) -> StoredItem:
-    hit = get_item(rt.index, item_id)
+    hit = get_item(rt.index, item_id) if active_collection_version(rt.index) is not None else None
     with rt.session() as session:
         record = session.get(ItemRecord, item_id)
         job = session.scalars(select(Job).where(Job.item_id == item_id).order_by(Job.created_at.desc())).first()

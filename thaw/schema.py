@@ -64,7 +64,7 @@ def check_id(value: object, kind: str = "item_id") -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidIdError(f"{kind} must be a string, got {type(value).__name__}")
     text = str(value)
-    if not _ITEM_ID_RE.match(text):
+    if not _ITEM_ID_RE.fullmatch(text):  # `$` alone would let a trailing newline through
         raise InvalidIdError(
             f"{kind} must be 1-128 characters of letters, digits, '.', '_', ':' or '-' "
             f"starting with a letter or digit; got {text[:40]!r}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -24,12 +28,14 @@ class Settings(BaseSettings):
     database_url: str | None = None
     media_root: Path | None = None
     model_dir: Path | None = None
-    api_keys: list[str] = []
+    api_keys: Annotated[list[str], NoDecode] = []  # THAW_API_KEYS=k1,k2 (comma-separated; list both to rotate)
     max_upload_bytes: int = 20 * 1024 * 1024
     max_audio_seconds: float = 600.0
     max_image_pixels: int = 40_000_000
     task_max_retries: int = 5
-    broker_visibility_timeout: int = 3600
+    broker_visibility_timeout: int = 600  # seconds a taken task may run before the broker hands it to another worker
+    job_resend_seconds: float = 300.0  # an embedding job running, or waiting while workers idle, this long is re-sent
+    job_max_dispatches: int = 5  # an embedding job sent this often without finishing fails with the reason
     environment: str = "development"
     reembed_chunk_size: int = 32  # items per re-embedding task
     reembed_max_failed_share: float = 0.01  # a job whose failed items exceed this share does not switch versions
@@ -39,9 +45,21 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
+        """A comma-separated string (the environment's form) or a list; every key must be real: an empty or short
+        key would let anyone in."""
+        keys = value
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+            text = value.strip()
+            keys = json.loads(text) if text.startswith("[") else [k.strip() for k in text.split(",")] if text else []
+        if isinstance(keys, list):
+            for key in keys:
+                if not isinstance(key, str) or len(key) < MIN_KEY_CHARS:
+                    shown = f"{len(key)} characters" if isinstance(key, str) else type(key).__name__
+                    raise ValueError(
+                        f"THAW_API_KEYS must be comma-separated keys of at least {MIN_KEY_CHARS} characters each "
+                        f"(no empty entries); one key has {shown}"
+                    )
+        return keys
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -53,12 +71,14 @@ class Settings(BaseSettings):
             raise ValueError(f"THAW_REEMBED_MAX_FAILED_SHARE must be in [0, 1], got {self.reembed_max_failed_share}")
         if self.reembed_stall_seconds <= 0:
             raise ValueError(f"THAW_REEMBED_STALL_SECONDS must be positive, got {self.reembed_stall_seconds}")
+        if self.broker_visibility_timeout < 1 or self.job_resend_seconds <= 0 or self.job_max_dispatches < 1:
+            raise ValueError(
+                "THAW_BROKER_VISIBILITY_TIMEOUT, THAW_JOB_RESEND_SECONDS and THAW_JOB_MAX_DISPATCHES must be positive"
+            )
         if self.keep_versions < 1:
             raise ValueError(f"THAW_KEEP_VERSIONS must be at least 1, got {self.keep_versions}")
         if self.environment != "development" and not self.api_keys:
             raise ValueError("THAW_API_KEYS must be set outside development (THAW_ENVIRONMENT)")
-        if any(k in ("changethis", "secret") for k in self.api_keys):
-            raise ValueError("THAW_API_KEYS holds a placeholder key; choose real keys")
         return self
 
     @property

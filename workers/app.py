@@ -23,7 +23,7 @@ class QueueConfig:
 
     broker_url: str | None
     embedded_dir: Path
-    visibility_timeout: int = 3600
+    visibility_timeout: int = 600
     max_retries: int = 5
 
 

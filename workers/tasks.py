@@ -1,14 +1,17 @@
-"""Workers: thin Celery tasks taking ids; the logic is in services. One retry policy for every task: transient
-errors retry with exponential backoff up to the configured count, then the job fails with the reason."""
+"""Workers: thin Celery tasks taking ids; the logic is in services. One retry policy for every task: errors are
+classified once (services.dispatch.is_transient); transient ones retry with exponential backoff up to the configured
+count, permanent ones (and transient ones past the count) fail the job with the reason."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from celery import Task, shared_task
 
 from services import embedding, reembed
+from services.dispatch import is_transient
 from services.runtime import Runtime
 from workers.app import EMBED, REEMBED
 
@@ -33,14 +36,27 @@ def runtime() -> Runtime:
     return _runtime
 
 
-def _retry_or_fail(task: Task, exc: Exception, give_up: Callable[[str], object], what: str) -> None:
-    """Retry `task` after 2^n seconds (at most 60), or, once the retries are spent, record the failure."""
+def _retry_or_fail(
+    task: Task, exc: Exception, give_up: Callable[[str], object], what: str, requeue: Callable[[datetime], object]
+) -> str:
+    """Transient errors (services.dispatch.is_transient) retry after 2^n seconds (at most 60) until the retries are
+    spent; then, or at once for a permanent error, the failure is recorded with its reason."""
     limit = int(task.app.conf.get("thaw_max_retries", 5))
+    if not is_transient(exc):
+        log.exception("%s failed", what)
+        give_up(f"{type(exc).__name__}: {exc}")
+        return "failed"
     if task.request.retries >= limit:
         log.exception("%s failed permanently", what)
         give_up(f"gave up after {limit} retries: {type(exc).__name__}: {exc}")
-        return
-    raise task.retry(exc=exc, countdown=min(60, 2**task.request.retries)) from exc
+        return "failed"
+    countdown = min(60, 2**task.request.retries)
+    requeue(datetime.now(UTC) + timedelta(seconds=countdown))
+    log.warning("%s: retry %d in %ds after %s: %s", what, task.request.retries + 1, countdown, type(exc).__name__, exc)
+    # Sent through the task's own app (Task.retry may publish through another thread's current app); if the broker
+    # does not take it, the job sweep sends the job again.
+    task.app.send_task(task.name, args=task.request.args, countdown=countdown, retries=task.request.retries + 1)
+    return "retrying"
 
 
 @shared_task(bind=True, name=EMBED, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -49,8 +65,13 @@ def embed_item(self: Task, item_id: str, job_id: str) -> str:
     try:
         return embedding.embed_item(runtime(), item_id, job_id)
     except Exception as exc:
-        _retry_or_fail(self, exc, lambda reason: embedding.fail_job(runtime(), job_id, reason), f"job {job_id}")
-        return "failed"
+        return _retry_or_fail(
+            self,
+            exc,
+            lambda reason: embedding.fail_job(runtime(), job_id, reason),
+            f"job {job_id}",
+            lambda due: embedding.requeue(runtime(), job_id, due),
+        )
 
 
 @shared_task(bind=True, name=REEMBED, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -60,5 +81,4 @@ def reembed_chunk(self: Task, job_id: str, item_ids: list[str]) -> str:
         return reembed.run_chunk(runtime(), job_id, item_ids)
     except Exception as exc:
         fail = lambda reason: reembed.fail_items(runtime(), job_id, item_ids, reason)  # noqa: E731
-        _retry_or_fail(self, exc, fail, f"re-embedding chunk of job {job_id}")
-        return "failed"
+        return _retry_or_fail(self, exc, fail, f"re-embedding chunk of job {job_id}", lambda _due: None)

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api.deps import DispatcherDep, RuntimeDep
-from api.schemas import IngestAccepted, ItemCreate, ItemPublic, ScoredItem, SimilarItems, check_metadata
+from api.schemas import (
+    MAX_METADATA_BYTES,
+    IngestAccepted,
+    ItemCreate,
+    ItemPublic,
+    ScoredItem,
+    SimilarItems,
+    check_filter,
+    check_metadata,
+)
 from services import items
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
@@ -20,6 +32,10 @@ from thaw.schema import VectorName, check_id
 
 router = APIRouter(tags=["items"])
 
+_FORM_FIELDS = {
+    "item_id": {"type": "string"},
+    "metadata": {"type": "string", "description": "JSON object of text fields"},
+}
 _INGEST_BODY = {
     "requestBody": {
         "content": {
@@ -28,18 +44,33 @@ _INGEST_BODY = {
                     "type": "object",
                     "required": ["item_id"],
                     "properties": {
-                        "item_id": {"type": "string"},
-                        "metadata": {"type": "string", "description": "JSON object of text fields"},
+                        **_FORM_FIELDS,
                         "image": {"type": "string", "format": "binary"},
                         "audio": {"type": "string", "format": "binary"},
                     },
                 }
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "required": ["item_id"], "properties": _FORM_FIELDS}
             },
             "application/json": {"schema": ItemCreate.model_json_schema()},
         },
         "required": True,
     }
 }
+
+
+class _StrictMultiPart(MultiPartParser):
+    """Starlette's multipart parser, but a form field that is not UTF-8 is refused (Starlette reads it as Latin-1)."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MultiPartException(f"form field {part.field_name!r} is not UTF-8 text: {exc.reason}") from exc
+        super().on_part_end()
 
 
 async def _read_upload(upload: UploadFile, limit: int, field: str) -> bytes:
@@ -51,18 +82,44 @@ async def _read_upload(upload: UploadFile, limit: int, field: str) -> bytes:
     return data
 
 
+def _json(text: str, what: str) -> Any:
+    """A JSON document with finite numbers only, nested at most a few hundred levels."""
+
+    def refuse(constant: str) -> Any:
+        raise InvalidInputError(f"{what} must be JSON with finite numbers, got {constant}")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{what} must be a JSON object: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"{what} is nested too deeply") from exc
+
+
 async def _multipart(request: Request, limit: int) -> tuple[str, dict[str, Any], dict[str, bytes]]:
-    form = await request.form(max_files=2, max_fields=8)
+    parser = _StrictMultiPart(
+        request.headers, request.stream(), max_files=2, max_fields=8, max_part_size=MAX_METADATA_BYTES
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Part exceeded maximum size"):
+            raise TooLargeError(f"a form field is larger than the {MAX_METADATA_BYTES}-byte metadata limit") from exc
+        raise InvalidInputError(f"malformed multipart body: {exc.message}") from exc
+    try:
+        return await _form_item(form, limit)
+    finally:
+        await form.close()
+
+
+async def _form_item(form: FormData, limit: int) -> tuple[str, dict[str, Any], dict[str, bytes]]:
     raw_id, raw_meta = form.get("item_id"), form.get("metadata") or "{}"
     if not isinstance(raw_id, str) or not isinstance(raw_meta, str):
         raise InvalidInputError("item_id and metadata must be form fields, not files")
     unknown = set(form.keys()) - {"item_id", "metadata", "image", "audio"}
     if unknown:
         raise InvalidInputError(f"unknown form fields {sorted(unknown)}; expected item_id, metadata, image, audio")
-    try:
-        metadata = check_metadata(json.loads(raw_meta))
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"metadata must be a JSON object: {exc}") from exc
+    metadata = check_metadata(_json(raw_meta, "metadata"))
     media: dict[str, bytes] = {}
     for field in ("image", "audio"):
         upload = form.get(field)
@@ -75,21 +132,25 @@ async def _multipart(request: Request, limit: int) -> tuple[str, dict[str, Any],
 
 
 async def _parse(request: Request, rt: Runtime) -> tuple[str, dict[str, Any], dict[str, bytes]]:
-    limit = rt.limits.max_upload_bytes
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > 3 * limit:
-        raise TooLargeError(f"request body of {length} bytes exceeds the upload limit")
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        item_id, metadata, media = await _multipart(request, limit)
+    if ctype.startswith("multipart/form-data"):
+        item_id, metadata, media = await _multipart(request, rt.limits.max_upload_bytes)
+    elif ctype.startswith("application/x-www-form-urlencoded"):  # a form without files (curl -d, httpx data=)
+        try:
+            text = (await request.body()).decode("utf-8")
+            fields: list[tuple[str, str | UploadFile]] = list(parse_qsl(text, errors="strict", max_num_fields=8))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidInputError(f"malformed form body (UTF-8, at most 8 fields expected): {exc}") from exc
+        item_id, metadata, media = await _form_item(FormData(fields), rt.limits.max_upload_bytes)
     elif ctype.startswith("application/json"):
         try:
             body = ItemCreate.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise HTTPException(422, exc.errors(include_url=False, include_context=False, include_input=False)) from exc
-        item_id, metadata, media = body.item_id, body.metadata, {}
+            raise RequestValidationError(exc.errors(include_url=False)) from exc
+        item_id, metadata, media = body.item_id, check_metadata(body.metadata), {}
     else:
-        raise UnsupportedMediaError(f"send multipart/form-data or application/json, not {ctype or 'no content type'}")
+        expected = "multipart/form-data, application/x-www-form-urlencoded or application/json"
+        raise UnsupportedMediaError(f"send {expected}, not {ctype or 'no content type'}")
     return check_id(item_id), metadata, media
 
 
@@ -128,12 +189,10 @@ def similar_items(
     item_id = check_id(item_id)
     match = None
     if filter:
-        try:
-            match = json.loads(filter)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"filter must be a JSON object: {exc}") from exc
+        match = _json(filter, "filter")
         if not isinstance(match, dict) or not all(isinstance(v, str | int | bool) for v in match.values()):
             raise InvalidInputError("filter must be a JSON object of field: string|number|bool")
+        check_filter(match)
     hits = items.similar_items(rt, item_id, using, k, match)
     return SimilarItems(
         item_id=item_id, using=using, items=[ScoredItem(item_id=h.item_id, score=h.score) for h in hits]

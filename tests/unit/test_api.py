@@ -10,25 +10,55 @@ from fastapi.testclient import TestClient
 from entrypoints.runtime import create_app
 from thaw.settings import Settings
 
+K1, K2 = "k1-0123456789abcdef", "k2-0123456789abcdef"
+
 
 @pytest.fixture()
 def app_client(tmp_path: Path) -> TestClient:
-    return TestClient(create_app(Settings(data_dir=tmp_path, api_keys=["k1", "k2"])))
+    return TestClient(create_app(Settings(data_dir=tmp_path, api_keys=[K1, K2], environment="production")))
 
 
 def test_api_keys_guard_everything_but_health(app_client: TestClient) -> None:
     assert app_client.get("/health").status_code == 200
-    for path in ("/items/x", "/jobs/x", "/users/u/recommendations", "/metrics"):
+    for path in ("/items/x", "/jobs/x", "/users/u/recommendations", "/metrics", "/docs", "/openapi.json"):
         resp = app_client.get(path)
-        assert resp.status_code == 401 and "API key" in resp.json()["detail"]
+        assert resp.status_code == 401 and "API key" in resp.json()["detail"], path
+        assert resp.headers["www-authenticate"].startswith("Bearer")
     assert app_client.get("/jobs/x", headers={"X-API-Key": "wrong"}).status_code == 401
-    assert app_client.get("/jobs/x", headers={"X-API-Key": "k2"}).status_code == 404
-    assert app_client.get("/jobs/x", headers={"Authorization": "Bearer k1"}).status_code == 404
-    assert b"thaw_http_requests_total" in app_client.get("/metrics", headers={"X-API-Key": "k1"}).content
+    assert app_client.get("/jobs/x", headers={"X-API-Key": K2}).status_code == 404
+    assert app_client.get("/jobs/x", headers={"Authorization": f"Bearer {K1}"}).status_code == 404
+    # a right key does not make a wrong one pass
+    assert app_client.get("/jobs/x", headers={"Authorization": f"Bearer {K1}", "X-API-Key": "wrong"}).status_code == 401
+    assert app_client.get("/openapi.json", headers={"X-API-Key": K1}).status_code == 200
+    assert b"thaw_http_requests_total" in app_client.get("/metrics", headers={"X-API-Key": K1}).content
+
+
+def test_the_key_is_checked_before_the_body_is_read(app_client: TestClient) -> None:
+    resp = app_client.post("/events", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 401  # not a 422 with parser details
+
+
+def test_docs_are_public_in_development_only(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(data_dir=tmp_path, api_keys=[K1])))
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/jobs/x").status_code == 401
+
+
+def test_metrics_labels_are_bounded(tmp_path: Path) -> None:
+    client = TestClient(create_app(Settings(data_dir=tmp_path)))
+    for k in range(20):
+        client.request(f"M{k}", "/jobs/x")
+        client.get(f"/nowhere/{k}")
+        client.get(f"/jobs/job{k}")
+    text = client.get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("thaw_http_requests_total{")]
+    assert 'method="OTHER"' in text and 'route="/jobs/{job_id}"' in text and 'route="unmatched"' in text
+    assert not any("M1" in line or "job1" in line or "nowhere" in line for line in series)
+    assert len(series) <= 6, series
 
 
 def test_no_model_yet_is_a_clear_503(app_client: TestClient) -> None:
-    resp = app_client.get("/users/u1/recommendations", headers={"X-API-Key": "k1"})
+    resp = app_client.get("/users/u1/recommendations", headers={"X-API-Key": K1})
     assert resp.status_code == 503 and "thaw train" in resp.json()["detail"]
     assert app_client.get("/health").json()["model_version"] is None
 
@@ -36,11 +66,23 @@ def test_no_model_yet_is_a_clear_503(app_client: TestClient) -> None:
 def test_settings_refuse_contradictions() -> None:
     with pytest.raises(ValueError, match="THAW_API_KEYS must be set"):
         Settings(environment="production")
-    with pytest.raises(ValueError, match="placeholder"):
-        Settings(api_keys=["changethis"])
     with pytest.raises(ValueError, match="positive"):
         Settings(max_upload_bytes=0)
-    assert Settings(api_keys="a, b").api_keys == ["a", "b"]  # type: ignore[arg-type]
+
+
+def test_api_keys_come_comma_separated_and_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THAW_API_KEYS", f"{K1}, {K2}")
+    assert Settings().api_keys == [K1, K2]
+    monkeypatch.setenv("THAW_API_KEYS", K1)
+    assert Settings().api_keys == [K1]
+    for bad in (f"{K1},", f'["{K1}",""]', "changethis", f"{K1},short"):
+        monkeypatch.setenv("THAW_API_KEYS", bad)
+        with pytest.raises(ValueError, match="at least 16 characters"):
+            Settings()
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        Settings(api_keys=[K1, ""])
+    monkeypatch.setenv("THAW_API_KEYS", "")
+    assert Settings().api_keys == []
 
 
 def test_index_refuses_contradictory_arguments(tmp_path: Path) -> None:
