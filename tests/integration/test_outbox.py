@@ -90,7 +90,8 @@ def test_acknowledged_uploads_survive_a_killed_worker_and_a_broker_restart(
     assert {i: s["status"] for i, s in statuses.items() if s["status"] != "succeeded"} == {}
     index = Index(path=Path(env["THAW_DATA_DIR"]) / "qdrant")  # the API has stopped: this process owns it now
     try:
-        found = [str(p["item_id"]) for p in payloads(index, ITEMS, ["item_id"]) if str(p["item_id"]).startswith("outbox-")]
+        found = [str(p["item_id"]) for p in payloads(index, ITEMS, ["item_id"])]
+        found = [i for i in found if i.startswith("outbox-")]
     finally:
         index.close()
     assert sorted(found) == sorted(acknowledged)  # every acknowledged item indexed, exactly once
