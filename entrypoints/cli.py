@@ -31,26 +31,30 @@ def train(
     seed: int = 0,
     min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this")] = None,
     activate: Annotated[bool, typer.Option(help="index the catalogue with this version and make it active")] = True,
+    epochs: int = 40,
 ) -> None:
-    """Train a model version (ALS + encoders) and write it under the models directory."""
+    """Train a model version on all the history and write it under the models directory: choices are made on a
+    seeded internal validation split (--seed), then the model is refitted on every interaction."""
     from encoders.artifacts import save_version
-    from encoders.training import TrainConfig
-    from encoders.training import train as train_model
+    from encoders.training import TrainConfig, train_all
     from entrypoints.runtime import build_runtime
     from services.embedding import index_dataset
     from services.events import import_interactions
-    from thaw.datasets import load_dataset, split_items
+    from thaw.datasets import load_dataset
     from thaw.settings import Settings
 
     rt = build_runtime(Settings())
     ds = load_dataset(data, min_rating=min_rating)
-    split = split_items(ds, seed=seed)
-    model = train_model(ds, split, TrainConfig(seed=seed), progress=True)
+    model = train_all(ds, TrainConfig(seed=seed, epochs=epochs), progress=True)
     path = save_version(model, rt.registry)
-    console.print(f"model [bold]{model.version}[/] written to {path}")
+    val = model.metrics["validation"]
+    console.print(
+        f"model [bold]{model.version}[/] written to {path} (internal validation NDCG@20 {val['cold_val_ndcg@20']}, "
+        f"alpha {model.alpha}; refitted on {len(model.item_ids)} items, {len(model.user_ids)} users)"
+    )
     if activate:
         n = index_dataset(rt, model, ds, sorted(ds.items))
-        import_interactions(rt, ds.interactions.for_items(split.warm))
+        import_interactions(rt, ds.interactions)
         console.print(f"indexed {n} items; {model.version} is served")
     rt.close()
 
