@@ -58,3 +58,8 @@ async def read_one_version() -> None:
     """Each request reads the version served when it first touches the index, to its end (async, so the pin is
     set in the request's own context, which FastAPI copies into the worker thread of a sync endpoint)."""
     pin_aliases()
+
+
+def require_model(rt: Annotated[Runtime, Depends(get_runtime)]) -> None:
+    """Routes that read or write the served model's index answer 503 "no model yet" until a version is served."""
+    rt.active_version()  # ModelNotReadyError

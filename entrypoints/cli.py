@@ -93,11 +93,24 @@ def ingest(
 
 
 def _api(url: str, timeout: float = 60) -> httpx.Client:
-    """A client of a running service, with THAW_API_KEY sent as X-API-Key when it is set."""
+    """A client of a running service, with THAW_API_KEY sent as X-API-Key when it is set. A service that cannot be
+    reached ends the command with one line saying so (exit code 1), not a traceback."""
     import httpx
 
+    class Transport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                return super().handle_request(request)
+            except httpx.TransportError as exc:
+                reason = str(exc) or type(exc).__name__
+                console.print(
+                    f"[red]cannot reach the Thaw service at {url}[/]: {reason} (is `thaw serve` running?)",
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
+
     headers = {"X-API-Key": os.environ["THAW_API_KEY"]} if "THAW_API_KEY" in os.environ else {}
-    return httpx.Client(base_url=url, timeout=timeout, headers=headers)
+    return httpx.Client(base_url=url, timeout=timeout, headers=headers, transport=Transport())
 
 
 def _ok(resp: httpx.Response) -> dict[str, Any]:

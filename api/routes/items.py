@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import DispatcherDep, RuntimeDep
+from api.deps import DispatcherDep, RuntimeDep, require_model
 from api.schemas import IngestAccepted, ItemCreate, ItemPublic, ScoredItem, SimilarItems, check_metadata
 from services import items
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 from thaw.schema import VectorName, check_id
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], dependencies=[Depends(require_model)])
 
 _INGEST_BODY = {
     "requestBody": {

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from api.deps import RuntimeDep
+from api.deps import RuntimeDep, require_model
 from api.schemas import EventIn, EventsAccepted, Recommendations, RecommendedItem
 from services import events as event_service
 from services.recommendations import recommend
 from thaw.errors import InvalidInputError, TooLargeError
 from thaw.schema import check_id
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_model)])
 MAX_EVENTS = 10_000
 
 
