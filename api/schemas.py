@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thaw.errors import InvalidInputError
 from thaw.schema import JobStatus, VectorName, check_id
@@ -42,6 +42,13 @@ class ItemBase(BaseModel):
 
 class ItemCreate(ItemBase):
     """JSON body for a text-only item."""
+
+
+class ItemPatch(BaseModel):
+    """PATCH /items/{item_id}: metadata fields to set (null removes a field); the item's media are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    metadata: dict[str, MetadataValue]
 
 
 class IngestAccepted(BaseModel):

@@ -114,11 +114,20 @@ class Index:
                 self._client = None
 
 
+# The distance each named vector is searched with, decided here only. `cf` and `content` score items for a user by
+# dot product (ALS's own score: an item's norm carries how strongly it is liked). Item-to-item similarity compares
+# directions: it searches a cosine twin of each (written with it, stored unit-normalised), so an item with a large
+# norm cannot top every similar list. Modality embeddings are compared by cosine.
+SIMILARITY_VECTORS = {CF: f"{CF}_cosine", CONTENT: f"{CONTENT}_cosine"}
+
+
 def _item_vectors(dim: int, embedding_dims: dict[str, int]) -> dict[str, qm.VectorParams]:
     vectors = {
         CF: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
         CONTENT: qm.VectorParams(size=dim, distance=qm.Distance.DOT),
     }
+    for twin in SIMILARITY_VECTORS.values():
+        vectors[twin] = qm.VectorParams(size=dim, distance=qm.Distance.COSINE)
     for modality, size in embedding_dims.items():
         vectors[modality] = qm.VectorParams(size=size, distance=qm.Distance.COSINE)
     return vectors

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from qdrant_client.http import models as qm
 
-from indexer.collections import ITEMS, USERS, Index
+from indexer.collections import ITEMS, SIMILARITY_VECTORS, USERS, Index
 from thaw.errors import NotFoundError
 from thaw.schema import CF, CONTENT, point_id, user_point_id
 
@@ -81,7 +81,7 @@ def get_item(index: Index, item_id: str, *, vectors: list[str] | bool = False) -
 def similar(
     index: Index, item_id: str, using: str, k: int, match: Mapping[str, str | int | bool] | None = None
 ) -> list[Hit]:
-    """The k items nearest to `item_id` by its `using` vector, the item itself excluded."""
+    """The k items most similar to `item_id` by its `using` vector (cosine, in [-1, 1]), the item itself excluded."""
     item = get_item(index, item_id, vectors=[using])
     if item is None:
         raise NotIndexedError(f"item {item_id!r} is not indexed")
@@ -89,7 +89,8 @@ def similar(
         raise NotIndexedError(
             f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})"
         )
-    return search(index, item.vectors[using], using, k, payload_filter(match, exclude_items=[item_id]))
+    flt = payload_filter(match, exclude_items=[item_id])
+    return search(index, item.vectors[using], SIMILARITY_VECTORS.get(using, using), k, flt)
 
 
 def search(

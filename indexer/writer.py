@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from qdrant_client.http import models as qm
 
-from indexer.collections import Index
+from indexer.collections import SIMILARITY_VECTORS, Index
 from thaw.schema import CF, CF_SOURCE, point_id, user_point_id
 
 
@@ -22,6 +22,11 @@ class ItemPoint:
 
 def _vec(v: np.ndarray) -> list[float]:
     return np.asarray(v, dtype=np.float32).tolist()
+
+
+def _with_twins(vectors: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The vectors with the cosine twin that similar-item search reads of each that has one."""
+    return vectors | {twin: vectors[name] for name, twin in SIMILARITY_VECTORS.items() if name in vectors}
 
 
 def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, keep_cf: bool = True) -> list[str]:
@@ -59,7 +64,7 @@ def upsert_items(index: Index, collection: str, points: Sequence[ItemPoint], *, 
                 if CF_SOURCE in old_payload:
                     payload[CF_SOURCE] = old_payload[CF_SOURCE]
             payload.setdefault("interactions", 0)
-            structs.append(qm.PointStruct(id=pid, vector=vectors, payload=payload))  # type: ignore[arg-type]
+            structs.append(qm.PointStruct(id=pid, vector=_with_twins(vectors), payload=payload))  # type: ignore[arg-type]
             written.append(p.item_id)
         if structs:
             client.upsert(target, points=structs, wait=True)
@@ -71,7 +76,8 @@ def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, int
     pid = point_id(item_id)
     with index.session() as client:
         name = index.collection(client, collection)
-        client.update_vectors(name, points=[qm.PointVectors(id=pid, vector={CF: _vec(cf)})], wait=True)
+        vectors = _with_twins({CF: _vec(cf)})
+        client.update_vectors(name, points=[qm.PointVectors(id=pid, vector=vectors)], wait=True)  # type: ignore[arg-type]
         client.set_payload(name, payload={"interactions": interactions}, points=[pid], wait=True)
 
 

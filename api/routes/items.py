@@ -12,7 +12,15 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import DispatcherDep, RuntimeDep, require_model
-from api.schemas import IngestAccepted, ItemCreate, ItemPublic, ScoredItem, SimilarItems, check_metadata
+from api.schemas import (
+    IngestAccepted,
+    ItemCreate,
+    ItemPatch,
+    ItemPublic,
+    ScoredItem,
+    SimilarItems,
+    check_metadata,
+)
 from services import items
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
@@ -98,6 +106,15 @@ async def create_item(request: Request, rt: RuntimeDep, dispatcher: DispatcherDe
     """Upload (or replace) an item; a worker embeds it. Poll GET /jobs/{job_id}."""
     item_id, metadata, media = await _parse(request, rt)
     job_id = await run_in_threadpool(items.submit, rt, dispatcher, item_id, metadata, media)  # decoding: off the loop
+    return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
+
+
+@router.patch("/items/{item_id}", status_code=202, response_model=IngestAccepted)
+def patch_item(item_id: str, body: ItemPatch, rt: RuntimeDep, dispatcher: DispatcherDep) -> JSONResponse:
+    """Change an item's metadata (a field set to null is removed) and re-embed it with its kept media. Poll GET
+    /jobs/{job_id}."""
+    item_id = check_id(item_id)
+    job_id = items.patch(rt, dispatcher, item_id, dict(body.metadata))
     return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
 
 
