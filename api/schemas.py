@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thaw.errors import InvalidInputError
 from thaw.schema import JobStatus, VectorName, check_id
@@ -42,6 +43,21 @@ class ItemBase(BaseModel):
 
 class ItemCreate(ItemBase):
     """JSON body for a text-only item."""
+
+
+def parse_filter(raw: str | None) -> dict[str, str | int | bool] | None:
+    """A `filter` query parameter: a JSON object of payload field -> string, number or bool (None when absent)."""
+    if not raw:
+        return None
+    try:
+        match = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"filter must be a JSON object: {exc}") from exc
+    if not isinstance(match, dict) or not all(isinstance(v, str | int | bool) for v in match.values()):
+        raise InvalidInputError(
+            'filter must be a JSON object of field: string|number|bool, e.g. {"modalities": "image"}'
+        )
+    return match
 
 
 class ItemPatch(BaseModel):
@@ -174,11 +190,21 @@ class Recommendations(BaseModel):
 
 
 class EventIn(BaseModel):
+    """One interaction; `timestamp` (ISO 8601 or Unix seconds) says when it happened (default: when received).
+    Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
     user_id: str
     item_id: str
     weight: float = Field(default=1.0, gt=0, le=1000)
     type: str = Field(default="interaction", max_length=32)
     rec_id: str | None = Field(default=None, max_length=64)
+    timestamp: AwareDatetime | None = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _epoch(cls, v: object) -> object:
+        return datetime.fromtimestamp(v, UTC) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @field_validator("user_id", "item_id", mode="before")
     @classmethod

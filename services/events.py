@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from indexer.collections import ITEMS
 from indexer.search import get_items, get_users
 from indexer.writer import set_item_cf
 from services import experiments
-from services.db import Interaction, ItemRecord, item_audience
+from services.db import Interaction, ItemRecord, item_audience, utcnow
 from services.runtime import Runtime
 from thaw.datasets import Interactions
 from thaw.errors import NotFoundError
@@ -30,6 +31,7 @@ class Event:
     weight: float = 1.0
     kind: str = "interaction"
     rec_id: str | None = None
+    timestamp: datetime | None = None  # when it happened (default: when recorded)
 
 
 def record(rt: Runtime, events: Sequence[Event]) -> int:
@@ -44,7 +46,14 @@ def record(rt: Runtime, events: Sequence[Event]) -> int:
         if unknown:
             raise NotFoundError(f"unknown item ids {unknown[:10]}: upload them before sending events")
         session.add_all(
-            Interaction(user_id=e.user_id, item_id=e.item_id, weight=e.weight, kind=e.kind, rec_id=e.rec_id)
+            Interaction(
+                user_id=e.user_id,
+                item_id=e.item_id,
+                weight=e.weight,
+                kind=e.kind,
+                rec_id=e.rec_id,
+                created_at=e.timestamp or utcnow(),
+            )
             for e in events
         )
         session.commit()

@@ -4,7 +4,7 @@ candidates fetched from the index (its `queries`) and ranked by the policy (thaw
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +29,23 @@ class Request:
     events: list[tuple[str, float]]
     cold_only: bool = False
     seed: int = 0
+    match: Mapping[str, str | int | bool] | None = None  # candidates' payload must match (e.g. {"modalities": "image"})
 
     @property
     def seen(self) -> list[str]:
         return list(dict.fromkeys(item for item, _ in self.events))
 
 
-def read_request(rt: Runtime, user_id: str, *, cold_only: bool = False, seed: int = 0) -> Request:
+def read_request(
+    rt: Runtime,
+    user_id: str,
+    *,
+    cold_only: bool = False,
+    seed: int = 0,
+    match: Mapping[str, str | int | bool] | None = None,
+) -> Request:
     with rt.session() as session:
-        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed)
+        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed, match)
 
 
 @dataclass
@@ -111,7 +119,7 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
     queries = policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims[m] for m in KNN_MODALITIES])
     for q in queries:
         warm_only = isinstance(q, Search) and q.warm_only
-        flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
+        flt = payload_filter(req.match, exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
             found = search(rt.index, q.vector, q.using, n, flt, with_vectors=policy.vectors, collection=view.items)
         elif isinstance(q, TopBy):

@@ -20,6 +20,7 @@ from api.schemas import (
     ScoredItem,
     SimilarItems,
     check_metadata,
+    parse_filter,
 )
 from services import items
 from services.runtime import Runtime
@@ -142,16 +143,10 @@ def similar_items(
     using: VectorName = "content",
     filter: Annotated[str | None, Query(description='payload filter, JSON: {"modalities": "image"}')] = None,
 ) -> SimilarItems:
+    """The k items most similar to this one by the `using` vector; scores are cosine similarities in [-1, 1] for
+    every vector (cf and content compare directions, so a large-norm item is no hub)."""
     item_id = check_id(item_id)
-    match = None
-    if filter:
-        try:
-            match = json.loads(filter)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"filter must be a JSON object: {exc}") from exc
-        if not isinstance(match, dict) or not all(isinstance(v, str | int | bool) for v in match.values()):
-            raise InvalidInputError("filter must be a JSON object of field: string|number|bool")
-    hits = items.similar_items(rt, item_id, using, k, match)
+    hits = items.similar_items(rt, item_id, using, k, parse_filter(filter))
     return SimilarItems(
         item_id=item_id, using=using, items=[ScoredItem(item_id=h.item_id, score=h.score) for h in hits]
     )

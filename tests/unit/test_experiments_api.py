@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from entrypoints.runtime import build_runtime, create_app
@@ -221,3 +222,29 @@ def test_window_versions_and_bad_definitions(planted: tuple[TestClient, Runtime]
     assert rec["model_version"] == "v2" and rec["items"][0]["item_id"] == "c1"
     default = client.get(f"/users/{user}/recommendations", params={"alpha": 1.0}).json()
     assert default["model_version"] == "v1" and default["items"][0]["item_id"] == "c0"
+
+
+def test_recommendation_pages_filters_and_event_timestamps_work_or_are_refused(
+    planted: tuple[TestClient, Runtime],
+) -> None:
+    client, rt = planted
+    whole = [i["item_id"] for i in client.get("/users/u00/recommendations", params={"k": 6}).json()["items"]]
+    page = client.get("/users/u00/recommendations", params={"k": 3, "offset": 2}).json()["items"]
+    assert [i["item_id"] for i in page] == whole[2:5]
+    images = client.get("/users/u00/recommendations", params={"k": 9, "filter": '{"modalities": "image"}'}).json()
+    assert {i["item_id"] for i in images["items"]} == {"w0", "w1", "w2", "w3", "w4"}  # only warm items have the field
+    for bad in ({"filter": "[1]"}, {"filter": "{"}, {"offset": -1}, {"page": 2}):
+        assert client.get("/users/u00/recommendations", params=bad).status_code == 422, bad
+    events = [
+        {"user_id": "u01", "item_id": "c1", "timestamp": "2020-01-01T00:00:00Z"},
+        {"user_id": "u02", "item_id": "c1", "timestamp": 1577836800},
+    ]
+    assert client.post("/events", json=events).status_code == 200
+    with Session(rt.engine) as session:
+        stamps = session.scalars(select(Interaction.created_at).where(Interaction.item_id == "c1")).all()
+    assert [s.replace(tzinfo=UTC) for s in stamps] == [datetime(2020, 1, 1, tzinfo=UTC)] * 2
+    for bad_event in (
+        {"user_id": "u01", "item_id": "c1", "when": 1},
+        {"user_id": "u01", "item_id": "c1", "timestamp": "soon"},
+    ):
+        assert client.post("/events", json=bad_event).status_code == 422, bad_event
