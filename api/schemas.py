@@ -242,16 +242,20 @@ class ExperimentCreate(BaseModel):
         from thaw.experiments.policies import make_policy
         from thaw.experiments.spec import Arm, spec_problems
 
-        problems, arms = [], []
+        problems, arms = [], []  # every problem at once: each arm's, then the definition's as a whole
+        missing_share = False
         for a in self.arms:
             if self.kind == "ab" and a.share is None:
                 problems.append(f"arm {a.name!r} needs a share in an A/B experiment")
+                missing_share = True
             try:
-                arms.append(Arm(a.name, make_policy(a.policy, a.alpha, a.model_version), a.share or 0.5))
+                policy = make_policy(a.policy, a.alpha, a.model_version)
             except ValueError as exc:
                 problems.append(f"arm {a.name!r}: {exc}")
-        if not problems:
-            problems += spec_problems(self.kind, arms, self.control)
+                policy = make_policy("random")  # stands in, so the names, control and shares are checked too
+            arms.append(Arm(a.name, policy, a.share or 0.5))
+        whole = spec_problems(self.kind, arms, self.control)
+        problems += [p for p in whole if not (missing_share and "share" in p)]  # a missing share is said once
         start, end = self.start_at, self.end_at
         for label, moment in (("start_at", start), ("end_at", end)):
             if moment is not None and moment.tzinfo is None:

@@ -49,6 +49,12 @@ def get_experiment(experiment_id: str, session: SessionDep) -> ExperimentPublic:
     return _public(experiments.get(session, experiment_id))
 
 
+@router.post("/experiments/{experiment_id}/stop", response_model=ExperimentPublic)
+def stop_experiment(experiment_id: str, rt: RuntimeDep) -> ExperimentPublic:
+    """End the experiment now (its status becomes "ended"; its report keeps what was served)."""
+    return _public(experiments.stop(rt, experiment_id))
+
+
 def _report(rt: RuntimeDep, experiment_id: str) -> dict[str, Any]:
     record, report = experiments.report(rt, experiment_id)
     report["experiment"] = {**_public(record).model_dump(mode="json"), **report["experiment"]}

@@ -248,3 +248,30 @@ def test_recommendation_pages_filters_and_event_timestamps_work_or_are_refused(
         {"user_id": "u01", "item_id": "c1", "timestamp": "soon"},
     ):
         assert client.post("/events", json=bad_event).status_code == 422, bad_event
+
+
+def test_an_experiment_reports_every_problem_at_once_and_can_be_stopped(planted: tuple[TestClient, Runtime]) -> None:
+    client, _ = planted
+    arms = [
+        {"name": "a", "policy": "no_such_policy", "share": 0.5},
+        {"name": "b", "policy": "thaw"},
+        {"name": "a", "policy": "random", "share": 0.5},
+    ]
+    resp = client.post("/experiments", json={"name": "bad", "arms": arms, "control": "z"})
+    assert resp.status_code == 422
+    detail = json.dumps(resp.json()["detail"])
+    for problem in ("unknown policy 'no_such_policy'", "arm 'b' needs a share", "repeated: ['a']", "control must name"):
+        assert problem in detail, (problem, detail)
+    exp = _create(client)
+    rec = client.get("/users/u00/recommendations", params={"experiment": exp["experiment_id"]}).json()
+    assert rec["experiment_id"] == exp["experiment_id"]
+    stopped = client.post(f"/experiments/{exp['experiment_id']}/stop")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "ended" and stopped.json()["end_at"]
+    rec = client.get("/users/u00/recommendations", params={"experiment": exp["experiment_id"]}).json()
+    assert rec["experiment_id"] is None and rec["arm"] is None  # the default list, not logged
+    assert client.post(f"/experiments/{exp['experiment_id']}/stop").json()["end_at"] == stopped.json()["end_at"]
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    scheduled = _create(client, start_at=later)
+    assert scheduled["status"] == "scheduled"
+    assert client.post(f"/experiments/{scheduled['experiment_id']}/stop").json()["status"] == "ended"
+    assert client.post("/experiments/nope/stop").status_code == 404
