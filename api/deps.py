@@ -44,3 +44,13 @@ async def read_one_version() -> None:
     """Each request reads the version served when it first touches the index, to its end (async, so the pin is
     set in the request's own context, which FastAPI copies into the worker thread of a sync endpoint)."""
     pin_aliases()
+
+
+def require_model(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> None:
+    """Routes that read or write the served model's index answer 503 "no model yet" until a version is served. Once
+    one is, some version stays served (the alias is only ever swapped, and retention keeps the served version), so
+    the index is not read again for this check (in shared embedded storage every read opens the storage)."""
+    if getattr(request.app.state, "model_served", False):
+        return
+    rt.active_version()  # ModelNotReadyError
+    request.app.state.model_served = True

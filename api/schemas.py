@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thaw.errors import InvalidInputError, TooLargeError
 from thaw.schema import JobStatus, VectorName, check_id
@@ -111,6 +111,32 @@ class ItemBase(BaseModel):
 
 class ItemCreate(ItemBase):
     """JSON body for a text-only item."""
+
+
+def _refuse_constant(constant: str) -> Any:
+    raise InvalidInputError(f"filter values must be finite, got {constant}")
+
+
+def parse_filter(raw: str | None) -> dict[str, str | int | bool] | None:
+    """A `filter` query parameter: a JSON object of payload field -> string, number or bool (None when absent)."""
+    if not raw:
+        return None
+    try:
+        match = json.loads(raw, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidInputError(f"filter must be a flat JSON object: {exc}") from exc
+    if not isinstance(match, dict) or not all(isinstance(v, str | int | bool) for v in match.values()):
+        raise InvalidInputError(
+            'filter must be a JSON object of field: string|number|bool, e.g. {"modalities": "image"}'
+        )
+    return check_filter(match)
+
+
+class ItemPatch(BaseModel):
+    """PATCH /items/{item_id}: metadata fields to set (null removes a field); the item's media are kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    metadata: dict[str, MetadataValue]
 
 
 class IngestAccepted(BaseModel):
@@ -241,11 +267,21 @@ class Recommendations(BaseModel):
 
 
 class EventIn(BaseModel):
+    """One interaction; `timestamp` (ISO 8601 or Unix seconds) says when it happened (default: when received).
+    Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
     user_id: str
     item_id: str
     weight: float = Field(default=1.0, gt=0, le=1000)
     type: str = Field(default="interaction", max_length=32)
     rec_id: str | None = Field(default=None, max_length=64)
+    timestamp: AwareDatetime | None = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _epoch(cls, v: object) -> object:
+        return datetime.fromtimestamp(v, UTC) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
     @field_validator("user_id", "item_id", mode="before")
     @classmethod
@@ -283,16 +319,20 @@ class ExperimentCreate(BaseModel):
         from thaw.experiments.policies import make_policy
         from thaw.experiments.spec import Arm, spec_problems
 
-        problems, arms = [], []
+        problems, arms = [], []  # every problem at once: each arm's, then the definition's as a whole
+        missing_share = False
         for a in self.arms:
             if self.kind == "ab" and a.share is None:
                 problems.append(f"arm {a.name!r} needs a share in an A/B experiment")
+                missing_share = True
             try:
-                arms.append(Arm(a.name, make_policy(a.policy, a.alpha, a.model_version), a.share or 0.5))
+                policy = make_policy(a.policy, a.alpha, a.model_version)
             except ValueError as exc:
                 problems.append(f"arm {a.name!r}: {exc}")
-        if not problems:
-            problems += spec_problems(self.kind, arms, self.control)
+                policy = make_policy("random")  # stands in, so the names, control and shares are checked too
+            arms.append(Arm(a.name, policy, a.share or 0.5))
+        whole = spec_problems(self.kind, arms, self.control)
+        problems += [p for p in whole if not (missing_share and "share" in p)]  # a missing share is said once
         start, end = self.start_at, self.end_at
         for label, moment in (("start_at", start), ("end_at", end)):
             if moment is not None and moment.tzinfo is None:

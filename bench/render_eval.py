@@ -13,8 +13,8 @@ def main(path: str) -> None:
         report = json.load(fh)
     print("| method | " + " | ".join(COLS) + " |")
     print("|---" * (len(COLS) + 1) + "|")
-    for method, metrics in report["methods"].items():
-        cells = [f"{metrics[c]['mean']:.4f} ± {metrics[c]['std']:.4f}" for c in COLS]
+    for method, means in report["mean"].items():
+        cells = [f"{means[c]:.4f} ± {report['std'][method][c]:.4f}" for c in COLS]
         print(f"| {method} | " + " | ".join(cells) + " |")
 
 

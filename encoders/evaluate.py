@@ -165,16 +165,20 @@ def run_protocol(
     }
 
 
-def summarise(runs: list[dict[str, Any]], metric_names: Callable[[str], bool] = lambda m: True) -> dict[str, Any]:
-    """Mean and standard deviation of every method's metrics over seeds."""
-    out: dict[str, Any] = {}
-    for method in runs[0]["methods"]:
-        out[method] = {
-            m: {
-                "mean": round(float(np.mean([r["methods"][method][m] for r in runs])), 4),
-                "std": round(float(np.std([r["methods"][method][m] for r in runs])), 4),
-            }
-            for m in runs[0]["methods"][method]
-            if metric_names(m)
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation report, one layout for any number of seeds: `seeds`, `per_seed` (each seed's protocol, methods,
+    timing), and every method's metrics' `mean` and `std` over the seeds."""
+    methods = runs[0]["methods"]
+
+    def over_seeds(stat: Callable[[list[float]], Any]) -> dict[str, dict[str, float]]:
+        return {
+            method: {m: round(float(stat([r["methods"][method][m] for r in runs])), 4) for m in methods[method]}
+            for method in methods
         }
-    return out
+
+    return {
+        "seeds": [r["protocol"]["seed"] for r in runs],
+        "per_seed": runs,
+        "mean": over_seeds(np.mean),
+        "std": over_seeds(np.std),
+    }

@@ -75,12 +75,13 @@ def content_factors(
     als_alpha: float,
     als_reg: float,
     rounds: int,
+    fixed: Mapping[str, float] | None = None,
 ) -> tuple[Factors, TagFactors, dict[str, float]]:
     """Plain ALS or content-regularised ALS (each of `pulls` times each of `lambdas`, the ridge lambda of the
     content map from the frozen features), whichever ranks cold validation items best when they are predicted by a
     ridge map from their content features, with the tags' target encoding of the resulting factors, onto those
     factors. Returns the factors, their tag encoding and the chosen pull and lambda (the text head's ridge start uses
-    the same lambda)."""
+    the same lambda). `fixed` ({"pull", "lambda"} chosen before) skips the choice: that pull is applied as is."""
     rows = {item: k for k, item in enumerate(warm.ids)}
     with_content = np.array([item in rows for item in factors.item_ids])
     ordered = warm.subset([i for i in factors.item_ids if i in rows])  # factor order, items with content
@@ -109,21 +110,21 @@ def content_factors(
 
         return where_content_puts
 
+    def pulled(pull: float, lam: float) -> Factors:
+        return content_regularised_als(
+            events, factors, prior(lam), pull, alpha=als_alpha, regularization=als_reg, rounds=rounds
+        )
+
+    if fixed is not None:
+        f = pulled(fixed["pull"], fixed["lambda"]) if fixed["pull"] > 0 else factors
+        return f, encoding(f.items), {"pull": fixed["pull"], "lambda": fixed["lambda"]}
     plain = {lam: score(factors, lam) for lam in lambdas}
     lam = max(plain, key=lambda k: plain[k])
     best, chosen = {"pull": 0.0, "lambda": lam, "cold_val_ndcg@20": round(plain[lam], 4)}, factors
     if not bool(warm.masks[:, :2].any()):  # no text or image: nothing to pull toward
         pulls = ()
     for pull, lam in itertools.product(pulls, lambdas):
-        f = content_regularised_als(
-            events,
-            factors,
-            prior(lam),
-            pull,
-            alpha=als_alpha,
-            regularization=als_reg,
-            rounds=rounds,
-        )
+        f = pulled(pull, lam)
         if (now := score(f, lam)) > best["cold_val_ndcg@20"]:
             best, chosen = {"pull": pull, "lambda": lam, "cold_val_ndcg@20": round(now, 4)}, f
     log.info("CF factors: content pull %s (linear map: cold-val NDCG@20 %s)", best["pull"], best["cold_val_ndcg@20"])

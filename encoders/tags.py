@@ -125,7 +125,7 @@ class TagFactors:
         for row, tags in enumerate(tag_sets):
             mine = None if own is None else np.asarray(own[row], np.float64) - self.mean
             parts: dict[int, list[np.ndarray]] = {}
-            for tag in set(tags):
+            for tag in sorted(set(tags)):  # a fixed order: the sums below do not depend on PYTHONHASHSEED
                 if (i := self._index.get(tag)) is None:
                     continue
                 total, count = (
@@ -135,7 +135,7 @@ class TagFactors:
                     parts.setdefault(self._column[i], []).append(total / (count + self.smoothing))
             for j, vs in parts.items():
                 out[row, j] = np.mean(vs, axis=0)
-        return (out.reshape(len(tag_sets), -1) / self.scale).astype(np.float32)
+        return (out.reshape(len(tag_sets), self.width) / self.scale).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"sums": self.sums, "counts": self.counts, "mean": self.mean}

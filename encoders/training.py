@@ -1,6 +1,7 @@
 """Encoders: training in stages over one state — ALS on warm interactions, the frozen features, the CF space content
 can predict, ridge-started heads, the audio CNN, residual heads and fusion, then the blend weight alpha; every choice
-is made on cold validation items, and cold test items are never read."""
+is made on cold validation items, and cold test items are never read. `train_all` (what `thaw train` runs) makes
+the choices on an internal validation split, then refits on all the history with them."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from tqdm import tqdm
 
 from encoders.artifacts import ThawModel, model_config
 from encoders.audio import augment
-from encoders.features import Table, content_table, item_inputs
+from encoders.features import Table, catalogue_features, content_table, item_inputs
 from encoders.fusion import MODALITY_ORDER, ThawNet, audio_embeddings, head_input, predict
 from encoders.linear import content_factors, init_ridge
 from encoders.tags import TagFactors, TagVocab
-from thaw.datasets import Dataset, Interactions, Split
+from thaw.datasets import Dataset, Interactions, Split, split_items
 from thaw.evaluation import cold_ndcg, history_profiles, user_positives
 from thaw.factors import Factors, fit_als
 from thaw.profiling import StageMeter
@@ -93,6 +94,20 @@ def warm_factors(ds: Dataset, split: Split, config: TrainConfig) -> tuple[Intera
     return events, factors
 
 
+@dataclass
+class Choices:
+    """What cold validation decided in one training run; a refit on all the history (no validation items left)
+    replays them instead of choosing."""
+
+    pull: dict[str, float]  # content pull and the ridge lambda of the content map (content_factors)
+    ridge_lambdas: dict[str, float]  # per head; audio present when its closed-form head won
+    epochs: dict[str, int]  # the epoch whose state was kept, per trained stage ("audio", "fused")
+    fusion_start: list[float]  # the fusion's log-weights the residual training started from
+    fusion: list[float]  # ... and those kept after it
+    alpha: float
+    cold_val_ndcg: float
+
+
 def tune_fusion(net: ThawNet, val_ndcg: Callable[[ThawNet], float], present: list[bool]) -> float:
     """Fusion weights chosen on cold validation from a small grid (never zero, so an item with one modality
     still gets that modality's prediction); returns the best validation NDCG@20."""
@@ -140,6 +155,10 @@ class TrainState:
     fusion: float = 0.0  # ... after the final fusion tuning
     alphas: dict[float, float] = field(default_factory=dict)
     alpha: float = 1.0
+    fixed: Choices | None = None  # a refit: replay these choices, read no validation items
+    fusion_start: list[float] = field(default_factory=list)
+    model: ThawModel = field(init=False)
+    epochs: dict[str, int] = field(default_factory=dict)
 
     def val_ndcg(self, net: ThawNet, alpha: float = 1.0, profiles: dict[str, np.ndarray] | None = None) -> float:
         pred = predict(net, self.val)
@@ -168,12 +187,18 @@ class TrainState:
         score: Callable[[ThawNet], float],
         desc: str,
     ) -> tuple[float, list[dict[str, float]]]:
-        """AdamW on `params` over minibatches of warm rows `pool`; the network keeps its best state by `score`."""
+        """AdamW on `params` over minibatches of warm rows `pool`; the network keeps its best state by `score`.
+        In a refit it trains for the epochs the tuning run kept, and keeps the last state."""
         c, net = self.config, self.net
         opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        best, best_state = score(net), copy.deepcopy(net.state_dict())
+        if self.fixed is not None:
+            epochs = self.fixed.epochs.get(desc, c.epochs)
+            score = lambda _net: 0.0  # noqa: E731  (nothing to validate on: every epoch trains, the last is kept)
+        else:
+            epochs = c.epochs
+        best, best_state, best_epoch = score(net), copy.deepcopy(net.state_dict()), 0
         history = [{"epoch": 0, "cold_val_ndcg@20": round(best, 4)}]
-        for epoch in tqdm(range(1, c.epochs + 1), desc=desc, disable=not self.progress):
+        for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not self.progress):
             net.train()
             order = [pool[i] for i in self.rng.permutation(len(pool))]
             for start in range(0, len(order), c.batch_size):
@@ -181,12 +206,15 @@ class TrainState:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            if epoch % c.eval_every == 0 or epoch == c.epochs:
+            if self.fixed is not None and epoch == epochs:
+                best_state, best_epoch = copy.deepcopy(net.state_dict()), epoch
+            elif self.fixed is None and (epoch % c.eval_every == 0 or epoch == epochs):
                 now = score(net)
                 history.append({"epoch": epoch, "cold_val_ndcg@20": round(now, 4)})
                 if now > best:
-                    best, best_state = now, copy.deepcopy(net.state_dict())
+                    best, best_state, best_epoch = now, copy.deepcopy(net.state_dict()), epoch
         net.load_state_dict(best_state)
+        self.epochs[desc] = best_epoch
         return best, history
 
 
@@ -207,7 +235,7 @@ def read_features(s: TrainState) -> None:
         raise ValueError("no warm item has text, an image or audio: there is no content to learn from")
     if s.features is None:
         warm = content_table(item_inputs(ds, head_ids), progress=s.progress)
-        val = content_table(item_inputs(ds, s.val_ids), progress=s.progress)
+        val = content_table(item_inputs(ds, s.val_ids), progress=s.progress) if s.val_ids else warm.subset([])
     else:
         warm, val = s.features.subset(head_ids), s.features.subset(s.val_ids)
     s.vocab = TagVocab.fit(warm.tags, min_count=s.config.tag_min_count)
@@ -231,6 +259,7 @@ def shape_cf_space(s: TrainState) -> None:
         als_alpha=c.als_alpha,
         als_reg=c.als_reg,
         rounds=c.content_rounds,
+        fixed=s.fixed.pull if s.fixed is not None else None,
     )
     factor_row = {it: i for i, it in enumerate(s.factors.item_ids)}
     s.targets = torch.from_numpy(s.factors.items[[factor_row[i] for i in s.warm.ids]])
@@ -252,8 +281,13 @@ def start_heads(s: TrainState) -> None:
     s.net = ThawNet(dim=c.factors, hidden=c.hidden, tag_dim=len(s.vocab), tag_factor_dim=s.tag_factors.width)
     if c.ridge_init:
         frozen = {"text": head_input(s.warm.feats), "image": s.warm.feats["image"]}
-        grids = {"text": [s.pull["lambda"]]}
-        s.ridge_lambdas = init_ridge(s.net, frozen, s.warm.masks, s.targets, s.val_ndcg_alone, grids)
+        grids: dict[str, list[float]] = {"text": [s.pull["lambda"]]}
+        score: Callable[[ThawNet, int], float] = s.val_ndcg_alone
+        if s.fixed is not None:
+            frozen = {m: x for m, x in frozen.items() if m in s.fixed.ridge_lambdas}
+            grids = {m: [s.fixed.ridge_lambdas[m]] for m in frozen}
+            score = lambda _net, _j: 0.0  # noqa: E731  (one lambda per head: nothing to compare)
+        s.ridge_lambdas = init_ridge(s.net, frozen, s.warm.masks, s.targets, score, grids)
     for modality in s.ridge_lambdas:
         s.net.heads[modality].linear.requires_grad_(False)
 
@@ -276,7 +310,11 @@ def train_audio(s: TrainState) -> None:
         for p in params:
             p.requires_grad_(False)
     s.audio_emb = audio_embeddings(net, warm)
-    if with_audio and s.config.ridge_init:
+    if with_audio and s.fixed is not None:
+        if "audio" in s.fixed.ridge_lambdas:
+            grid = {"audio": [s.fixed.ridge_lambdas["audio"]]}
+            s.ridge_lambdas |= init_ridge(net, {"audio": s.audio_emb}, warm.masks, s.targets, lambda _n, _j: 0.0, grid)
+    elif with_audio and s.config.ridge_init:
         head_state = copy.deepcopy(net.heads["audio"].state_dict())
         lam = init_ridge(net, {"audio": s.audio_emb}, warm.masks, s.targets, s.val_ndcg_alone)["audio"]
         if s.val_ndcg_alone(net, AUDIO) > trained:
@@ -305,14 +343,26 @@ def train_residuals(s: TrainState) -> None:
         return loss
 
     present = warm.masks.any(0).tolist()
-    tune_fusion(net, s.val_ndcg, present)
+    if s.fixed is None:
+        tune_fusion(net, s.val_ndcg, present)
+    else:
+        with torch.no_grad():
+            net.weights.copy_(torch.tensor(s.fixed.fusion_start))
+    s.fusion_start = net.weights.detach().tolist()
     trainable = [p for p in net.parameters() if p.requires_grad]
     s.best, s.histories["fused"] = s.fit(trainable, list(range(len(warm.ids))), fused_loss, s.val_ndcg, "residuals")
-    s.fusion = tune_fusion(net, s.val_ndcg, present)
+    if s.fixed is None:
+        s.fusion = tune_fusion(net, s.val_ndcg, present)
+    else:
+        with torch.no_grad():
+            net.weights.copy_(torch.tensor(s.fixed.fusion))
 
 
 def tune_blend(s: TrainState) -> None:
     """The serving default alpha: CF score vs similarity to the user's content profile, on cold validation."""
+    if s.fixed is not None:
+        s.alpha = s.fixed.alpha
+        return
     served = s.warm.with_tag_factors(s.tag_factors)  # as a served item is encoded: its own factors count
     profiles = history_profiles(s.ds, s.warm.ids, predict(s.net, served))
     s.alphas = {a: s.val_ndcg(s.net, a, profiles) for a in ALPHAS}
@@ -330,6 +380,21 @@ STAGES: tuple[tuple[str, Callable[[TrainState], None]], ...] = (
 )
 
 
+def choices(s: TrainState) -> Choices:
+    """What this run chose on cold validation (a refit's are the ones it replayed)."""
+    if s.fixed is not None:
+        return s.fixed
+    return Choices(
+        pull={"pull": s.pull["pull"], "lambda": s.pull["lambda"]},
+        ridge_lambdas=dict(s.ridge_lambdas),
+        epochs=dict(s.epochs),
+        fusion_start=list(s.fusion_start),
+        fusion=s.net.weights.detach().tolist(),
+        alpha=s.alpha,
+        cold_val_ndcg=round(max(s.best, s.fusion), 4),
+    )
+
+
 def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
     config = model_config(
         s.net,
@@ -343,7 +408,9 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         train_users=len(s.factors.user_ids),
     )
     metrics = {
-        "cold_val_ndcg@20": round(max(s.best, s.fusion), 4),
+        "cold_val_ndcg@20": choices(s).cold_val_ndcg,
+        "choices": asdict(choices(s)),
+        "refit_on_all": s.fixed is not None,
         "alpha_grid": {str(a): round(v, 4) for a, v in s.alphas.items()},
         "history": s.histories,
         "ridge_lambdas": s.ridge_lambdas,
@@ -368,6 +435,20 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
     )
 
 
+def _run(
+    ds: Dataset, split: Split, config: TrainConfig, progress: bool, features: Table | None, fixed: Choices | None
+) -> TrainState:
+    if config.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
+    state = TrainState(ds, split, config, progress, features, fixed=fixed)
+    with StageMeter() as meter:
+        for name, stage in STAGES:
+            stage(state)
+            meter.lap(name)
+    state.model = assemble(state, meter.stages)
+    return state
+
+
 def train(
     ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = True, features: Table | None = None
 ) -> ThawModel:
@@ -375,11 +456,21 @@ def train(
     used for early stopping and to tune alpha; cold test items are never read. `features` may hold the content
     features of the catalogue already (evaluation reuses them across seeds and methods). The model's metrics
     record each stage's wall time and peak memory."""
-    if config.loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
-    state = TrainState(ds, split, config, progress, features)
-    with StageMeter() as meter:
-        for name, stage in STAGES:
-            stage(state)
-            meter.lap(name)
-    return assemble(state, meter.stages)
+    return _run(ds, split, config, progress, features, None).model
+
+
+def train_all(
+    ds: Dataset, config: TrainConfig, *, progress: bool = True, features: Table | None = None, val_share: float = 0.1
+) -> ThawModel:
+    """The model to serve: every choice (content pull, ridge lambdas, epochs, fusion weights, alpha) is made on a
+    seeded internal validation split (`val_share` of the items with interactions, drawn from `config.seed`), then
+    the model is refitted on all the history with those choices, so every item with interactions gets learned CF
+    factors. Its metrics keep the validation run's figures under "validation"."""
+    features = catalogue_features(ds, progress=progress) if features is None else features  # read once for both
+    drawn = split_items(ds, seed=config.seed, fractions=(val_share, val_share))
+    internal = Split(sorted(drawn.warm + drawn.cold_test), drawn.cold_val, [])
+    tuned = _run(ds, internal, config, progress, features, None)
+    everything = Split(sorted(set(ds.interactions.item_ids.tolist())), [], [])
+    model = _run(ds, everything, config, progress, features, choices(tuned)).model
+    model.metrics["validation"] = {k: v for k, v in tuned.model.metrics.items() if k != "choices"}
+    return model

@@ -32,26 +32,30 @@ def train(
     seed: int = 0,
     min_rating: Annotated[float | None, typer.Option(help="keep interactions rated >= this")] = None,
     activate: Annotated[bool, typer.Option(help="index the catalogue with this version and make it active")] = True,
+    epochs: int = 40,
 ) -> None:
-    """Train a model version (ALS + encoders) and write it under the models directory."""
+    """Train a model version on all the history and write it under the models directory: choices are made on a
+    seeded internal validation split (--seed), then the model is refitted on every interaction."""
     from encoders.artifacts import save_version
-    from encoders.training import TrainConfig
-    from encoders.training import train as train_model
+    from encoders.training import TrainConfig, train_all
     from entrypoints.runtime import build_runtime
     from services.embedding import index_dataset
     from services.events import import_interactions
-    from thaw.datasets import load_dataset, split_items
+    from thaw.datasets import load_dataset
     from thaw.settings import Settings
 
     rt = build_runtime(Settings())
     ds = load_dataset(data, min_rating=min_rating)
-    split = split_items(ds, seed=seed)
-    model = train_model(ds, split, TrainConfig(seed=seed), progress=True)
+    model = train_all(ds, TrainConfig(seed=seed, epochs=epochs), progress=True)
     path = save_version(model, rt.registry)
-    console.print(f"model [bold]{model.version}[/] written to {path}")
+    val = model.metrics["validation"]
+    console.print(
+        f"model [bold]{model.version}[/] written to {path} (internal validation NDCG@20 {val['cold_val_ndcg@20']}, "
+        f"alpha {model.alpha}; refitted on {len(model.item_ids)} items, {len(model.user_ids)} users)"
+    )
     if activate:
         n = index_dataset(rt, model, ds, sorted(ds.items))
-        import_interactions(rt, ds.interactions.for_items(split.warm))
+        import_interactions(rt, ds.interactions)
         console.print(f"indexed {n} items; {model.version} is served")
     rt.close()
 
@@ -118,14 +122,27 @@ def ingest(
 
 
 def _api(url: str, timeout: float = 60) -> httpx.Client:
-    """A client of a running service, sending the first of THAW_API_KEYS (the API's own variable) as X-API-Key."""
+    """A client of a running service, sending the first of THAW_API_KEYS (the API's own variable) as X-API-Key. A
+    service that cannot be reached ends the command with one line saying so (exit code 1), not a traceback."""
     import httpx
 
     from thaw.settings import Settings
 
+    class Transport(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                return super().handle_request(request)
+            except httpx.TransportError as exc:
+                reason = str(exc) or type(exc).__name__
+                console.print(
+                    f"[red]cannot reach the Thaw service at {url}[/]: {reason} (is `thaw serve` running?)",
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
+
     keys = Settings().api_keys
     headers = {"X-API-Key": keys[0]} if keys else {}
-    return httpx.Client(base_url=url, timeout=timeout, headers=headers)
+    return httpx.Client(base_url=url, timeout=timeout, headers=headers, transport=Transport())
 
 
 def _ok(resp: httpx.Response) -> dict[str, Any]:
@@ -287,7 +304,9 @@ def evaluate(
     loss: Annotated[str, typer.Option(help="mse | wpe | softmax")] = "wpe",
     epochs: int = 40,
 ) -> None:
-    """Item cold-start protocol: Thaw, its ablations and baselines on the same cold test items."""
+    """Item cold-start protocol: Thaw, its ablations and baselines on the same cold test items. The JSON holds
+    `seeds`, `per_seed` (protocol, methods, timing) and the methods' `mean` and `std` over seeds; the same seed gives
+    the same figures on a re-run."""
     from encoders.evaluate import run_protocol, summarise
     from encoders.features import catalogue_features
     from encoders.training import TrainConfig
@@ -320,16 +339,7 @@ def evaluate(
                 ),
             )
         console.print(table)
-    result = (
-        runs[0]
-        if len(runs) == 1
-        else {
-            "protocol": [r["protocol"] for r in runs],
-            "methods": summarise(runs),
-            "runs": runs,
-            "timing_s": [r["timing_s"] for r in runs],
-        }
-    )
+    result = summarise(runs)
     result["stages"] = meter.stages
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2))

@@ -11,7 +11,7 @@ from pathlib import Path
 from indexer.engine import CollectionSpec, Distance, Engine, PayloadType, VectorSpec
 from thaw.errors import UnavailableError
 from thaw.registry import version_key
-from thaw.schema import CF, CONTENT
+from thaw.schema import CF, CONTENT, SIMILARITY_VECTORS
 
 ITEMS = "items"  # alias of the active items collection
 USERS = "users"  # alias of the active users collection
@@ -117,7 +117,7 @@ class Index:
 
 
 def item_spec(dim: int, embedding_dims: dict[str, int]) -> CollectionSpec:
-    sizes = {CF: dim, CONTENT: dim, **embedding_dims}
+    sizes = {CF: dim, CONTENT: dim, **{twin: dim for twin in SIMILARITY_VECTORS.values()}, **embedding_dims}
     vectors = {name: VectorSpec(size, DISTANCES.get(name, DEFAULT_DISTANCE)) for name, size in sizes.items()}
     quantized = tuple(name for name, size in sizes.items() if size >= QUANTIZE_FROM)
     return CollectionSpec(vectors, dict(ITEM_PAYLOAD_INDEXES), quantized)

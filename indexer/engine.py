@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from thaw.schema import CF, CF_SOURCE
+from thaw.schema import CF, CF_SOURCE, SIMILARITY_VECTORS
 
 Distance = Literal["cosine", "dot"]
 PayloadType = Literal["keyword", "integer"]
@@ -74,6 +74,11 @@ class Record:
     score: float = 1.0
 
 
+def with_twins(vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The vectors with the cosine twin that similar-item search reads of each that has one."""
+    return vectors | {twin: vectors[name] for name, twin in SIMILARITY_VECTORS.items() if name in vectors}
+
+
 def merge_items(existing: dict[str, Record], points: Sequence[Record], *, keep_cf: bool) -> list[Record]:
     """What an item upsert writes, given the stored points: a point of an older `revision` than the stored one is
     dropped; with `keep_cf` a stored CF vector, its interaction count and its CF source are kept when the new point
@@ -91,7 +96,7 @@ def merge_items(existing: dict[str, Record], points: Sequence[Record], *, keep_c
             if CF_SOURCE in old_payload:
                 payload[CF_SOURCE] = old_payload[CF_SOURCE]
         payload.setdefault("interactions", 0)
-        out.append(Record(p.id, payload, vectors))
+        out.append(Record(p.id, payload, with_twins(vectors)))
     return out
 
 

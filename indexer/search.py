@@ -12,7 +12,7 @@ import numpy as np
 from indexer.collections import ITEMS, USERS, Index
 from indexer.engine import Filter, Query, Record, Selection
 from thaw.errors import NotFoundError
-from thaw.schema import CF, CONTENT, point_id, user_point_id
+from thaw.schema import CF, CONTENT, SIMILARITY_VECTORS, point_id, user_point_id
 
 
 @dataclass
@@ -59,7 +59,7 @@ def get_item(index: Index, item_id: str, *, vectors: Selection = False) -> Hit |
 def similar(
     index: Index, item_id: str, using: str, k: int, match: Mapping[str, str | int | bool] | None = None
 ) -> list[Hit]:
-    """The k items nearest to `item_id` by its `using` vector, the item itself excluded."""
+    """The k items most similar to `item_id` by its `using` vector (cosine, in [-1, 1]), the item itself excluded."""
     item = get_item(index, item_id, vectors=[using])
     if item is None:
         raise NotIndexedError(f"item {item_id!r} is not indexed")
@@ -68,7 +68,8 @@ def similar(
             f"item {item_id!r} has no {using!r} vector (modalities: {item.payload.get('modalities')})"
         )
     flt = payload_filter(match, exclude_items=[item_id])
-    return query_batch(index, [nearest(item.vectors[using], using, k, flt, fields=["item_id"])])[0]
+    query = nearest(item.vectors[using], SIMILARITY_VECTORS.get(using, using), k, flt, fields=["item_id"])
+    return query_batch(index, [query])[0]
 
 
 def nearest(

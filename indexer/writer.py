@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from indexer.collections import Index
-from indexer.engine import Record
+from indexer.engine import Record, with_twins
 from thaw.schema import CF, point_id, user_point_id
 
 
@@ -46,7 +46,7 @@ def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, int
     index.engine().update(
         index.collection(collection),
         point_id(item_id),
-        {CF: np.asarray(cf, np.float32)},
+        with_twins({CF: np.asarray(cf, np.float32)}),
         {"interactions": interactions},
     )
 

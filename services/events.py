@@ -1,10 +1,12 @@
 """Services: interaction events — recorded in the database, joined to experiment exposures by rec_id, and each
-touched item's CF vector folded in from its audience (items without learned factors only)."""
+touched item's CF vector folded in from its audience, shrunk toward its content prediction in proportion to the
+evidence (items without learned factors only)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
@@ -13,13 +15,13 @@ from indexer.collections import ITEMS
 from indexer.search import get_items, get_users
 from indexer.writer import set_item_cf
 from services import experiments
-from services.db import Interaction, ItemRecord, item_audience
+from services.db import Interaction, ItemRecord, item_audience, utcnow
 from services.runtime import Runtime
 from thaw.datasets import Interactions
 from thaw.errors import NotFoundError
 from thaw.experiments.report import EventLog
 from thaw.factors import fold_in_events
-from thaw.schema import CF_SOURCE
+from thaw.schema import CF_SOURCE, CONTENT
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Event:
     weight: float = 1.0
     kind: str = "interaction"
     rec_id: str | None = None
+    timestamp: datetime | None = None  # when it happened (default: when recorded)
 
 
 def record(rt: Runtime, events: Sequence[Event]) -> int:
@@ -36,14 +39,21 @@ def record(rt: Runtime, events: Sequence[Event]) -> int:
     Returns how many events join an experiment exposure. NotFoundError names items never uploaded."""
     view = rt.view()
     item_ids = sorted({e.item_id for e in events})
-    indexed = {h.item_id: h for h in get_items(rt.index, item_ids, vectors=False)}
+    indexed = {h.item_id: h for h in get_items(rt.index, item_ids, vectors=[CONTENT])}
     with rt.session() as session:
         known = set(session.scalars(select(ItemRecord.item_id).where(ItemRecord.item_id.in_(item_ids))))
         unknown = [i for i in item_ids if i not in indexed and i not in known]
         if unknown:
             raise NotFoundError(f"unknown item ids {unknown[:10]}: upload them before sending events")
         session.add_all(
-            Interaction(user_id=e.user_id, item_id=e.item_id, weight=e.weight, kind=e.kind, rec_id=e.rec_id)
+            Interaction(
+                user_id=e.user_id,
+                item_id=e.item_id,
+                weight=e.weight,
+                kind=e.kind,
+                rec_id=e.rec_id,
+                created_at=e.timestamp or utcnow(),
+            )
             for e in events
         )
         session.commit()
@@ -59,7 +69,15 @@ def record(rt: Runtime, events: Sequence[Event]) -> int:
             known_users = [(vectors[u], w) for u, w in audience if u in vectors]
             if known_users:
                 vecs, weights = np.stack([v for v, _ in known_users]), np.array([w for _, w in known_users])
-                cf = fold_in_events(vecs, weights, reg=c.als_reg, alpha=c.als_alpha, gram=view.user_gram)
+                cf = fold_in_events(
+                    vecs,
+                    weights,
+                    reg=c.als_reg,
+                    alpha=c.als_alpha,
+                    gram=view.user_gram,
+                    prior=hit.vectors.get(CONTENT),  # shrunk toward the content prediction while evidence is thin
+                    shrinkage=c.cf_shrinkage,
+                )
                 set_item_cf(rt.index, ITEMS, item_id, cf, len(audience))
     return joined
 

@@ -44,13 +44,16 @@ def create(
     rt: Runtime, name: str, spec: ExperimentSpec, start_at: datetime | None, end_at: datetime | None
 ) -> Experiment:
     """Record an experiment whose spec is valid; an arm's model version must be trained and indexed
-    (UnknownVersionError, VersionNotIndexedError otherwise)."""
+    (otherwise InvalidInputError naming every such arm)."""
+    problems = []
     for arm in spec.arms:
         if arm.policy.model_version is not None:
             try:
                 rt.view(arm.policy.model_version)
             except (NotFoundError, ConflictError) as exc:
-                raise InvalidInputError(f"arm {arm.name!r}: {exc}") from exc
+                problems.append(f"arm {arm.name!r}: {exc}")
+    if problems:
+        raise InvalidInputError("; ".join(problems))
     record = Experiment(
         experiment_id=uuid.uuid4().hex[:16],
         name=name,
@@ -67,6 +70,22 @@ def create(
         session.add(record)
         session.commit()
         session.refresh(record)
+        session.expunge(record)
+    return record
+
+
+def stop(rt: Runtime, experiment_id: str) -> Experiment:
+    """End an experiment now: from here on its users get the default list, not logged; its report keeps what was
+    served. Stopping one that has ended already changes nothing; one not started yet ends before it starts."""
+    with rt.session() as session:
+        record = get(session, experiment_id)
+        now = utcnow()
+        if record.end_at is None or now < as_utc(record.end_at):
+            if now < as_utc(record.start_at):
+                record.start_at = now
+            record.end_at = now
+            session.commit()
+            session.refresh(record)
         session.expunge(record)
     return record
 

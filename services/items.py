@@ -1,12 +1,12 @@
 """Services: items — ingest (media checked by decoding, originals kept, the record and a queued job written in one
-transaction, then the job sent to the workers), what is stored about an item, and similar items."""
+transaction, then the job sent to the workers), metadata changes, what is stored about an item, and similar items."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,25 +42,71 @@ def check_media(rt: Runtime, field: str, data: bytes) -> None:
             decode_audio(data, max_seconds=limits.max_audio_seconds)
 
 
+def check_modalities(rt: Runtime, metadata: dict[str, Any], media: Mapping[str, bytes]) -> None:
+    """An upload in a modality the served model was not trained on is refused: its head never learned, so its
+    vectors would land anywhere in the CF space (and outrank every trained item)."""
+    config = rt.view().config
+    sent = (["text"] if item_text(metadata) else []) + sorted(media)
+    untrained = [m for m in sent if m not in config.modalities]
+    if untrained:
+        raise InvalidInputError(
+            f"model {config.version} was trained on {', '.join(config.modalities) or 'no modality'}, not on "
+            f"{', '.join(untrained)}: leave {'it' if len(untrained) == 1 else 'them'} out, or train a model on a "
+            "catalogue that has them"
+        )
+
+
 def submit(
     rt: Runtime, dispatcher: Dispatcher, item_id: str, metadata: dict[str, Any], media: Mapping[str, bytes]
 ) -> str:
-    """Ingest (or replace) an item; returns the id of the job that embeds it. The job is recorded (the outbox) before
-    it is sent: when the broker does not take the message, the job sweep sends it later."""
-    if not media and not item_text(metadata):
-        raise InvalidInputError("an item needs text fields in metadata, an image or audio; none was given")
+    """Ingest (or replace) an item; returns the id of the job that embeds it. A re-upload replaces the metadata and
+    the media it sends, and keeps the item's other originals (a JSON re-upload keeps its image and audio). The job
+    is recorded (the outbox) before it is sent: when the broker does not take the message, the job sweep sends it
+    later."""
+    check_modalities(rt, metadata, media)
     for field, data in media.items():
         check_media(rt, field, data)
     hashes = {field: rt.store.put(item_id, field, data).sha256 for field, data in media.items()}
+    return _save(rt, dispatcher, item_id, lambda old_metadata, old_media: (metadata, {**old_media, **hashes}))
+
+
+def patch(rt: Runtime, dispatcher: Dispatcher, item_id: str, changes: dict[str, Any]) -> str:
+    """Change an item's metadata (a field set to null is removed; media are kept) and re-embed it; returns the job's
+    id. NotFoundError for an item never uploaded."""
+    merged: dict[str, Any] = {}
+
+    def update(old_metadata: dict[str, Any] | None, old_media: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        if old_metadata is None:
+            raise NotFoundError(f"item {item_id!r} does not exist: upload it with POST /items first")
+        merged.update({k: v for k, v in {**old_metadata, **changes}.items() if v is not None})
+        return merged, old_media
+
+    check_modalities(rt, {k: v for k, v in changes.items() if v is not None}, {})
+    return _save(rt, dispatcher, item_id, update)
+
+
+def _save(
+    rt: Runtime,
+    dispatcher: Dispatcher,
+    item_id: str,
+    update: Callable[[dict[str, Any] | None, dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
+) -> str:
+    """Write the item's record as `update(old metadata or None, old media)` says, with a new revision and a queued
+    embedding job, in one transaction; then send the job."""
     with rt.session() as session:
         record = session.get(ItemRecord, item_id)
+        metadata, media = update(
+            None if record is None else dict(record.metadata_ or {}), dict(record.media or {}) if record else {}
+        )
+        if not media and not item_text(metadata):
+            raise InvalidInputError("an item needs text fields in metadata, an image or audio; none was given")
         if record is None:
             record = ItemRecord(item_id=item_id, revision=1)
             session.add(record)
         else:
             record.revision += 1
             record.updated_at = utcnow()
-        record.metadata_, record.media = metadata, hashes
+        record.metadata_, record.media = metadata, media
         job = Job(kind="embed", item_id=item_id, revision=record.revision, status=JobStatus.QUEUED)
         record_dispatch(job)
         session.add(job)

@@ -4,7 +4,8 @@ running experiment, the user's arm, logged as an exposure under the list's rec_i
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 from services import experiments
 from services.db import utcnow
@@ -37,8 +38,12 @@ def recommend(
     alpha: float | None = None,
     cold_only: bool = False,
     experiment_id: str | None = None,
+    offset: int = 0,
+    match: Mapping[str, str | int | bool] | None = None,
 ) -> Recommendation:
-    """Outside an experiment's time window an experiment's users get the default list, not logged."""
+    """The list from position `offset` (the next page), of items whose payload matches `match`. Outside an
+    experiment's time window an experiment's users get the default list, not logged; inside it the arm's list is
+    logged as shown, so it has no pages (`offset` is refused)."""
     record = None
     if experiment_id is not None:
         with rt.session() as session:
@@ -47,17 +52,24 @@ def recommend(
         if alpha is not None:
             raise InvalidInputError("alpha is fixed by the experiment's arms: leave it out when experiment is given")
     running = record is not None and experiments.is_running(record, utcnow())
+    if running and offset:
+        raise InvalidInputError("offset pages the default list; an experiment's list is logged as served: leave it out")
     policies = (
         experiments.arm_policies(record, user_id) if record is not None and running else [make_policy("thaw", alpha)]
     )
     rec_id = uuid.uuid4().hex
-    req = read_request(rt, user_id, cold_only=cold_only, seed=seed_of(rec_id))
+    req = read_request(rt, user_id, cold_only=cold_only, seed=seed_of(rec_id), match=match)
     view = req.view(rt)
     needs = frozenset({"vector"}).union(*(p.context for p in policies))
     contexts = {view.version: user_context(rt, view, req, needs)}
     if contexts[view.version].vector is None:  # the same for every arm, so eligibility cannot differ between arms
         raise UnknownUserError(f"user {user_id!r} is unknown: no learned factors and no events")
     if record is None or not running:
-        return Recommendation(rec_id, user_id, serve(rt, policies, k, req, contexts)[0])
+        served = serve(rt, policies, k + offset, req, contexts)[0]
+        page = slice(offset, offset + k)
+        served = replace(
+            served, items=served.items[page], scores=served.scores[page], interactions=served.interactions[page]
+        )
+        return Recommendation(rec_id, user_id, served)
     served, teams, arm = experiments.serve_arm(rt, record, k, req, rec_id, contexts)
     return Recommendation(rec_id, user_id, served, teams, record.experiment_id, arm)

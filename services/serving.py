@@ -5,7 +5,7 @@ candidates ranked by the policy (thaw.experiments.policies). Serving reads the i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ class Request:
     events: list[tuple[str, float]]
     cold_only: bool = False
     seed: int = 0
+    match: Mapping[str, str | int | bool] | None = None  # candidates' payload must match (e.g. {"modalities": "image"})
     views: dict[str | None, ModelView] = field(default_factory=dict)  # resolved once per request, by version asked
 
     def view(self, rt: Runtime, version: str | None = None) -> ModelView:
@@ -48,9 +49,16 @@ class Request:
         return list(dict.fromkeys(item for item, _ in self.events))
 
 
-def read_request(rt: Runtime, user_id: str, *, cold_only: bool = False, seed: int = 0) -> Request:
+def read_request(
+    rt: Runtime,
+    user_id: str,
+    *,
+    cold_only: bool = False,
+    seed: int = 0,
+    match: Mapping[str, str | int | bool] | None = None,
+) -> Request:
     with rt.session() as session:
-        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed)
+        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed, match)
 
 
 @dataclass
@@ -124,7 +132,7 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
     batch: list[Query] = []
     for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims.get(m, 0) for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
-        flt = payload_filter(exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
+        flt = payload_filter(req.match, exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
         if isinstance(q, Search):
             batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors, fields=FIELDS))
         elif isinstance(q, TopBy):

@@ -27,7 +27,13 @@ def wait_port(port: int, timeout: float = 60) -> None:
 
 
 def plant_version(
-    models_dir: Path, version: str, *, dim: int, embedding_dims: dict[str, int], alpha: float = 1.0
+    models_dir: Path,
+    version: str,
+    *,
+    dim: int,
+    embedding_dims: dict[str, int],
+    alpha: float = 1.0,
+    modalities: list[str] | None = None,
 ) -> None:
     """A trained version's config and factor Gram matrices, without a network: for tests that plant vectors in the
     index directly and serve them."""
@@ -39,7 +45,7 @@ def plant_version(
         version=version,
         dim=dim,
         embedding_dims=embedding_dims,
-        modalities=sorted(embedding_dims),
+        modalities=sorted(embedding_dims) if modalities is None else modalities,
         alpha=alpha,
         als_reg=0.05,
         als_alpha=10.0,

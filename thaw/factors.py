@@ -119,13 +119,24 @@ def fold_in_events(
     reg: float,
     alpha: float,
     gram: np.ndarray | None = None,
+    prior: np.ndarray | None = None,
+    shrinkage: float = 0.0,
 ) -> np.ndarray:
     """A new row's factors from its events, as training would solve it: confidences 1 + alpha * weight (the
     `confidence_matrix` of training) and, with `gram` = Y^T Y of the other side's learned factors, the unobserved
     entries counted too (implicit's exact update; a row with little evidence stays near zero). The one fold-in that
     serving, re-embedding and the offline replay use, for a user from their history and for an item from its
-    audience."""
-    return fold_in(fixed, 1.0 + alpha * np.asarray(weights, np.float64), reg, gram=gram)
+    audience.
+
+    With a `prior` (an item's content-predicted vector) the result is shrunk toward it in proportion to the
+    evidence: n / (n + shrinkage) of the fold-in from its n events, the rest the prior (the weights the served
+    vector blends learned and predicted factors with), so a handful of events cannot throw a new item far out."""
+    vector = fold_in(fixed, 1.0 + alpha * np.asarray(weights, np.float64), reg, gram=gram)
+    if prior is None or shrinkage <= 0:
+        return vector
+    n = len(weights)
+    w = n / (n + shrinkage)
+    return (w * vector + (1.0 - w) * np.asarray(prior, np.float32)).astype(np.float32)
 
 
 def content_regularised_als(

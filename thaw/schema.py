@@ -15,6 +15,9 @@ MODALITIES: tuple[Modality, ...] = get_args(Modality)
 # Named vectors of the items collection.
 CF = "cf"  # learned (or folded-in) collaborative-filtering factors; items with interactions only
 CONTENT = "content"  # factors predicted from content by the fused encoders
+# Item-to-item similarity compares directions: it searches a cosine twin of `cf` and `content`, written with each,
+# so an item with a large norm cannot top every similar list (scoring users against items keeps the dot product).
+SIMILARITY_VECTORS = {CF: f"{CF}_cosine", CONTENT: f"{CONTENT}_cosine"}
 CF_SOURCE = "cf_source"  # payload key: "als" where the CF vector is the version's learned factors (events keep it)
 VectorName = Literal["content", "cf", "text", "image", "audio"]
 

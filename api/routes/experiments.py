@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from api.deps import RuntimeDep, SessionDep
+from api.deps import RuntimeDep, SessionDep, require_model
 from api.schemas import ExperimentCreate, ExperimentPublic
 from services import experiments
 from services.db import Experiment, as_utc, utcnow
@@ -14,7 +14,7 @@ from thaw.experiments.policies import make_policy
 from thaw.experiments.report import chart_png
 from thaw.experiments.spec import Arm, ExperimentSpec
 
-router = APIRouter(tags=["experiments"])
+router = APIRouter(tags=["experiments"], dependencies=[Depends(require_model)])
 
 
 def _public(record: Experiment) -> ExperimentPublic:
@@ -47,6 +47,12 @@ def list_experiments(session: SessionDep) -> list[ExperimentPublic]:
 @router.get("/experiments/{experiment_id}", response_model=ExperimentPublic)
 def get_experiment(experiment_id: str, session: SessionDep) -> ExperimentPublic:
     return _public(experiments.get(session, experiment_id))
+
+
+@router.post("/experiments/{experiment_id}/stop", response_model=ExperimentPublic)
+def stop_experiment(experiment_id: str, rt: RuntimeDep) -> ExperimentPublic:
+    """End the experiment now (its status becomes "ended"; its report keeps what was served)."""
+    return _public(experiments.stop(rt, experiment_id))
 
 
 def _report(rt: RuntimeDep, experiment_id: str) -> dict[str, Any]:

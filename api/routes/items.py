@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,23 +14,24 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from api.deps import DispatcherDep, RuntimeDep
+from api.deps import DispatcherDep, RuntimeDep, require_model
 from api.schemas import (
     MAX_METADATA_BYTES,
     IngestAccepted,
     ItemCreate,
+    ItemPatch,
     ItemPublic,
     ScoredItem,
     SimilarItems,
-    check_filter,
     check_metadata,
+    parse_filter,
 )
 from services import items
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 from thaw.schema import VectorName, check_id
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], dependencies=[Depends(require_model)])
 
 _FORM_FIELDS = {
     "item_id": {"type": "string"},
@@ -162,6 +163,15 @@ async def create_item(request: Request, rt: RuntimeDep, dispatcher: DispatcherDe
     return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
 
 
+@router.patch("/items/{item_id}", status_code=202, response_model=IngestAccepted)
+def patch_item(item_id: str, body: ItemPatch, rt: RuntimeDep, dispatcher: DispatcherDep) -> JSONResponse:
+    """Change an item's metadata (a field set to null is removed) and re-embed it with its kept media. Poll GET
+    /jobs/{job_id}."""
+    item_id = check_id(item_id)
+    job_id = items.patch(rt, dispatcher, item_id, dict(body.metadata))
+    return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
+
+
 @router.get("/items/{item_id}", response_model=ItemPublic)
 def read_item(item_id: str, rt: RuntimeDep) -> ItemPublic:
     stored = items.read(rt, check_id(item_id))
@@ -186,14 +196,10 @@ def similar_items(
     using: VectorName = "content",
     filter: Annotated[str | None, Query(description='payload filter, JSON: {"modalities": "image"}')] = None,
 ) -> SimilarItems:
+    """The k items most similar to this one by the `using` vector; scores are cosine similarities in [-1, 1] for
+    every vector (cf and content compare directions, so a large-norm item is no hub)."""
     item_id = check_id(item_id)
-    match = None
-    if filter:
-        match = _json(filter, "filter")
-        if not isinstance(match, dict) or not all(isinstance(v, str | int | bool) for v in match.values()):
-            raise InvalidInputError("filter must be a JSON object of field: string|number|bool")
-        check_filter(match)
-    hits = items.similar_items(rt, item_id, using, k, match)
+    hits = items.similar_items(rt, item_id, using, k, parse_filter(filter))
     return SimilarItems(
         item_id=item_id, using=using, items=[ScoredItem(item_id=h.item_id, score=h.score) for h in hits]
     )

@@ -4,32 +4,48 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 
-from api.deps import RuntimeDep
-from api.schemas import EventIn, EventsAccepted, Recommendations, RecommendedItem
+from api.deps import RuntimeDep, require_model
+from api.schemas import EventIn, EventsAccepted, Recommendations, RecommendedItem, parse_filter
 from services import events as event_service
 from services.recommendations import recommend
 from thaw.errors import InvalidInputError, TooLargeError
 from thaw.schema import check_id
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_model)])
 MAX_EVENTS = 10_000
+KNOWN_PARAMS = frozenset({"k", "alpha", "cold_only", "experiment", "offset", "filter"})
 
 
 @router.get("/users/{user_id}/recommendations", response_model=Recommendations)
 def recommendations(
     user_id: str,
+    request: Request,
     rt: RuntimeDep,
     k: Annotated[int, Query(ge=1, le=500)] = 10,
     alpha: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     cold_only: bool = False,
     experiment: Annotated[str | None, Query(max_length=64, description="serve this experiment's arm")] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000, description="skip this many (the next page)")] = 0,
+    filter: Annotated[str | None, Query(description='payload filter, JSON: {"modalities": "image"}')] = None,
 ) -> Recommendations:
     """The blended recommendations (the `thaw` policy on the served model); with `experiment`, the user's arm of a
     running experiment, logged as an exposure under the returned rec_id (outside its time window: the default,
-    not logged)."""
-    rec = recommend(rt, check_id(user_id, "user_id"), k, alpha=alpha, cold_only=cold_only, experiment_id=experiment)
+    not logged). Unknown query parameters are refused."""
+    unknown = set(request.query_params) - KNOWN_PARAMS
+    if unknown:
+        raise InvalidInputError(f"unknown query parameters {sorted(unknown)}; expected {sorted(KNOWN_PARAMS)}")
+    rec = recommend(
+        rt,
+        check_id(user_id, "user_id"),
+        k,
+        alpha=alpha,
+        cold_only=cold_only,
+        experiment_id=experiment,
+        offset=offset,
+        match=parse_filter(filter),
+    )
     s = rec.served
     items = [
         RecommendedItem(item_id=i, score=sc, cold=n == 0, team=rec.teams[p] if rec.teams else None)
@@ -54,5 +70,5 @@ def post_events(events: EventIn | list[EventIn], rt: RuntimeDep) -> EventsAccept
         raise InvalidInputError("no events given")
     if len(batch) > MAX_EVENTS:
         raise TooLargeError(f"at most {MAX_EVENTS} events per request, got {len(batch)}")
-    plain = [event_service.Event(e.user_id, e.item_id, e.weight, e.type, e.rec_id) for e in batch]
+    plain = [event_service.Event(e.user_id, e.item_id, e.weight, e.type, e.rec_id, e.timestamp) for e in batch]
     return EventsAccepted(accepted=len(batch), joined=event_service.record(rt, plain))

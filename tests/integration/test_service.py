@@ -134,6 +134,7 @@ def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, wor
     assert wait_job(client, first)["status"] == "succeeded"
     assert wait_job(client, second)["status"] == "succeeded"
     item = client.get("/items/re-item").json()
-    assert item["modalities"] == ["text"] and item["metadata"]["title"] == "love romance wedding"
+    # the second upload sends no image: the item keeps the first one's
+    assert item["modalities"] == ["text", "image"] and item["metadata"]["title"] == "love romance wedding"
     hits = client.get("/items/new-text/similar", params={"k": 500, "using": "text"}).json()["items"]
     assert [h["item_id"] for h in hits].count("re-item") == 1

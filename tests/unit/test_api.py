@@ -94,3 +94,39 @@ def test_index_refuses_contradictory_arguments(tmp_path: Path) -> None:
         Index()
     with pytest.raises(ValueError, match="api_key applies to a Qdrant server"):
         Index(path=tmp_path, api_key="secret")
+
+
+EXEMPT = ("/health", "/metrics", "/models", "/jobs", "/docs", "/openapi.json", "/redoc")  # usable with nothing served
+
+
+def test_every_route_before_training_is_a_clear_503(tmp_path: Path) -> None:
+    """Before any model is served, every route that reads or writes the served index answers 503 naming `thaw
+    train`, whatever the request; the model and job routes (how a trained version gets indexed) never answer 500."""
+    app = create_app(Settings(data_dir=tmp_path))
+    client = TestClient(app)
+    checked = 0
+    for route, operations in app.openapi()["paths"].items():  # every route the app serves
+        path = route.replace("{", "").replace("}", "")  # /items/{item_id} -> /items/item_id
+        for method in operations:
+            resp = client.request(method.upper(), path, json={})
+            if route.startswith(EXEMPT):
+                assert resp.status_code < 500, (method, route, resp.text)
+                continue
+            assert resp.status_code == 503, (method, route, resp.text)
+            assert "thaw train" in resp.json()["detail"], (method, route)
+            checked += 1
+    assert checked >= 8
+
+
+def test_cli_against_a_stopped_server_says_so_in_one_line() -> None:
+    from typer.testing import CliRunner
+
+    from entrypoints.cli import app
+    from tests.helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for args in (["models"], ["activate", "v1"], ["ingest", "x", "--metadata", '{"title": "t"}']):
+        result = CliRunner().invoke(app, [*args, "--url", url])
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach the Thaw service" in lines[0] and url in lines[0], result.output

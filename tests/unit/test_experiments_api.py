@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from entrypoints.runtime import build_runtime, create_app
@@ -221,3 +222,56 @@ def test_window_versions_and_bad_definitions(planted: tuple[TestClient, Runtime]
     assert rec["model_version"] == "v2" and rec["items"][0]["item_id"] == "c1"
     default = client.get(f"/users/{user}/recommendations", params={"alpha": 1.0}).json()
     assert default["model_version"] == "v1" and default["items"][0]["item_id"] == "c0"
+
+
+def test_recommendation_pages_filters_and_event_timestamps_work_or_are_refused(
+    planted: tuple[TestClient, Runtime],
+) -> None:
+    client, rt = planted
+    whole = [i["item_id"] for i in client.get("/users/u00/recommendations", params={"k": 6}).json()["items"]]
+    page = client.get("/users/u00/recommendations", params={"k": 3, "offset": 2}).json()["items"]
+    assert [i["item_id"] for i in page] == whole[2:5]
+    images = client.get("/users/u00/recommendations", params={"k": 9, "filter": '{"modalities": "image"}'}).json()
+    assert {i["item_id"] for i in images["items"]} == {"w0", "w1", "w2", "w3", "w4"}  # only warm items have the field
+    for bad in ({"filter": "[1]"}, {"filter": "{"}, {"offset": -1}, {"page": 2}):
+        assert client.get("/users/u00/recommendations", params=bad).status_code == 422, bad
+    events = [
+        {"user_id": "u01", "item_id": "c1", "timestamp": "2020-01-01T00:00:00Z"},
+        {"user_id": "u02", "item_id": "c1", "timestamp": 1577836800},
+    ]
+    assert client.post("/events", json=events).status_code == 200
+    with Session(rt.engine) as session:
+        stamps = session.scalars(select(Interaction.created_at).where(Interaction.item_id == "c1")).all()
+    assert [s.replace(tzinfo=UTC) for s in stamps] == [datetime(2020, 1, 1, tzinfo=UTC)] * 2
+    for bad_event in (
+        {"user_id": "u01", "item_id": "c1", "when": 1},
+        {"user_id": "u01", "item_id": "c1", "timestamp": "soon"},
+    ):
+        assert client.post("/events", json=bad_event).status_code == 422, bad_event
+
+
+def test_an_experiment_reports_every_problem_at_once_and_can_be_stopped(planted: tuple[TestClient, Runtime]) -> None:
+    client, _ = planted
+    arms = [
+        {"name": "a", "policy": "no_such_policy", "share": 0.5},
+        {"name": "b", "policy": "thaw"},
+        {"name": "a", "policy": "random", "share": 0.5},
+    ]
+    resp = client.post("/experiments", json={"name": "bad", "arms": arms, "control": "z"})
+    assert resp.status_code == 422
+    detail = json.dumps(resp.json()["detail"])
+    for problem in ("unknown policy 'no_such_policy'", "arm 'b' needs a share", "repeated: ['a']", "control must name"):
+        assert problem in detail, (problem, detail)
+    exp = _create(client)
+    rec = client.get("/users/u00/recommendations", params={"experiment": exp["experiment_id"]}).json()
+    assert rec["experiment_id"] == exp["experiment_id"]
+    stopped = client.post(f"/experiments/{exp['experiment_id']}/stop")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "ended" and stopped.json()["end_at"]
+    rec = client.get("/users/u00/recommendations", params={"experiment": exp["experiment_id"]}).json()
+    assert rec["experiment_id"] is None and rec["arm"] is None  # the default list, not logged
+    assert client.post(f"/experiments/{exp['experiment_id']}/stop").json()["end_at"] == stopped.json()["end_at"]
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    scheduled = _create(client, start_at=later)
+    assert scheduled["status"] == "scheduled"
+    assert client.post(f"/experiments/{scheduled['experiment_id']}/stop").json()["status"] == "ended"
+    assert client.post("/experiments/nope/stop").status_code == 404

@@ -166,3 +166,22 @@ def test_content_regularised_als_without_a_pull_stays_at_the_als_solution() -> N
     )
     before, after = start.users @ start.items.T, f.users @ f.items.T
     assert np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+def test_a_folded_in_item_is_shrunk_toward_its_prior_in_proportion_to_evidence() -> None:
+    """n events of `shrinkage` 10 weigh n / (n + 10): few leave the vector near its content prediction, many near the
+    unshrunk fold-in; without a prior the fold-in is unchanged."""
+    rng = np.random.default_rng(0)
+    users = rng.normal(0, 0.5, (300, 8))
+    gram = users.T @ users
+    audience = np.argsort(-(users @ rng.normal(0, 1, 8)))  # the users who like one direction most come first
+    prior = rng.normal(0, 0.1, 8)
+
+    def fold(n: int, with_prior: bool) -> np.ndarray:
+        kw = {"prior": prior, "shrinkage": 10.0} if with_prior else {}
+        return fold_in_events(users[audience[:n]], np.ones(n), reg=0.05, alpha=10.0, gram=gram, **kw)  # type: ignore[arg-type]
+
+    for n, w in ((2, 2 / 12), (13, 13 / 23), (200, 200 / 210)):
+        np.testing.assert_allclose(fold(n, True), w * fold(n, False) + (1 - w) * prior, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(fold(2, True) - prior) < 0.2 * np.linalg.norm(fold(2, False) - prior)
+    assert np.linalg.norm(fold(200, True) - fold(200, False)) < 0.05 * np.linalg.norm(fold(200, False) - prior)

@@ -108,3 +108,28 @@ def test_tag_factors_read_warm_items_only(tiny: Path, tmp_path: Path) -> None:
     assert refit.tokens == model.tag_factors.tokens
     np.testing.assert_allclose(refit.sums, model.tag_factors.sums, atol=1e-5)
     np.testing.assert_array_equal(refit.counts, model.tag_factors.counts)
+
+
+def test_thaw_train_learns_from_every_interaction(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`thaw train` chooses on an internal validation split, refits on all the history and indexes every item with
+    interactions as warm (learned CF factors, its interaction count), so none is served as cold."""
+    from collections import Counter
+
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from entrypoints.cli import app
+    from entrypoints.runtime import create_app
+    from thaw.settings import Settings
+
+    monkeypatch.setenv("THAW_DATA_DIR", str(tmp_path))
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny), "--seed", "1", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    counts = Counter(load_dataset(tiny).interactions.item_ids.tolist())
+    with TestClient(create_app(Settings(data_dir=tmp_path))) as client:
+        for item_id, n in counts.items():
+            body = client.get(f"/items/{item_id}").json()
+            assert body["indexed"] and body["interactions"] == n, body
+        user = load_dataset(tiny).interactions.user_ids[0]
+        recs = client.get(f"/users/{user}/recommendations", params={"k": 100}).json()["items"]
+        assert recs and not [r for r in recs if r["cold"] and r["item_id"] in counts]
