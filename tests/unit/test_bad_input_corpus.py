@@ -1,5 +1,5 @@
 """Regression corpus: every input a black-box probe once answered with a 500, or let through a limit, now gets its
-4xx with a reason (the API without a worker or a model: each is refused at the door)."""
+4xx with a reason (the API with a served model and an empty index: each is refused at the door)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from entrypoints.runtime import create_app
+from entrypoints.runtime import build_runtime, create_app
+from indexer.collections import activate, ensure_collections
+from tests.helpers import plant_version
 from thaw.settings import Settings
 
 JSON = {"content-type": "application/json"}
@@ -19,8 +21,13 @@ LIMIT = 4096  # THAW_MAX_UPLOAD_BYTES in this corpus
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("corpus"), max_upload_bytes=LIMIT)
-    with TestClient(create_app(settings)) as c:
+    rt = build_runtime(settings)
+    plant_version(rt.registry.root, "v1", dim=4, embedding_dims={"text": 4}, modalities=["text", "image", "audio"])
+    ensure_collections(rt.index, "v1", 4, {"text": 4})
+    activate(rt.index, "v1")  # past the 503 that every model route gives before training
+    with TestClient(create_app(settings, runtime=rt)) as c:
         yield c
+    rt.close()
 
 
 def multipart(fields: dict[str, bytes]) -> tuple[bytes, dict[str, str]]:
