@@ -139,8 +139,13 @@ def test_an_unreachable_broker_costs_no_dispatch(rt: Runtime) -> None:
 
 
 def test_an_upload_is_accepted_when_the_broker_is_down_and_sent_later(rt: Runtime) -> None:
+    from indexer.collections import activate, ensure_collections
     from services import items
+    from tests.helpers import plant_version
 
+    plant_version(rt.registry.root, "v1", dim=4, embedding_dims={"text": 4}, modalities=["text"])
+    ensure_collections(rt.index, "v1", 4, {"text": 4})
+    activate(rt.index, "v1")  # uploads need a served model
     job_id = items.submit(rt, Recorder(down=True), "x1", {"title": "a night in the city"}, {})
     with rt.session() as session:
         job = session.get(Job, job_id)
