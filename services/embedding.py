@@ -106,6 +106,25 @@ def item_point(model: ThawModel, item_id: str, encoded: EncodedItem, extra: dict
     return ItemPoint(item_id, vectors, payload)
 
 
+def stored_point(
+    model: ThawModel,
+    record: ItemRecord,
+    encoded: EncodedItem,
+    cf: tuple[np.ndarray | None, int],
+    trained: set[str],
+) -> ItemPoint:
+    """A stored item's point for `model`'s version: its record's payload, the content `encoded`, and `cf`, its CF
+    vector (learned, or folded in from its audience; None without one) with its interaction count; `trained` are the
+    version's own items, whose CF vector is the learned one."""
+    vector, count = cf
+    point = item_point(model, record.item_id, encoded, {**record_payload(record), "interactions": count})
+    if vector is not None:
+        point.vectors[CF] = vector
+    if record.item_id in trained:
+        point.payload[CF_SOURCE] = "als"
+    return point
+
+
 def _finish(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:
     job.status, job.error, job.finished_at = status, error, utcnow()
     session.commit()

@@ -45,11 +45,11 @@ from services.db import (
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, item_input, item_point, record_payload
+from services.embedding import PermanentError, content_hash, item_input, stored_point
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
 from thaw.factors import Factors, fold_in_events
-from thaw.schema import CF, CF_SOURCE, UNFINISHED, ItemStatus, JobStatus
+from thaw.schema import UNFINISHED, ItemStatus, JobStatus
 
 if TYPE_CHECKING:
     from encoders.artifacts import ThawModel
@@ -333,15 +333,10 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         return
     cf = _cf_vectors(model, audiences(session, [r.item_id for r, _ in todo]))
     trained = set(model.item_ids)
-    points = []
-    for (row, record), enc in zip(todo, encoded, strict=True):
-        vector, count = cf[row.item_id]
-        point = item_point(model, row.item_id, enc, {**record_payload(record), "interactions": count})
-        if vector is not None:
-            point.vectors[CF] = vector
-        if row.item_id in trained:
-            point.payload[CF_SOURCE] = "als"
-        points.append(point)
+    points = [
+        stored_point(model, record, enc, cf[row.item_id], trained)
+        for (row, record), enc in zip(todo, encoded, strict=True)
+    ]
     upsert_items(rt.index, collection, points)  # a newer upload already written there is left alone
     for row, _ in todo:
         row.status, row.updated_at = ItemStatus.DONE, utcnow()

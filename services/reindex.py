@@ -13,11 +13,10 @@ from sqlalchemy import select
 from indexer.collections import ITEMS, USERS, collection_name, ensure_collections, optimize, remove_versions
 from indexer.writer import upsert_items, upsert_users
 from services.db import ItemRecord, audiences
-from services.embedding import PermanentError, item_input, item_point, record_payload
+from services.embedding import PermanentError, item_input, stored_point
 from services.reembed import cf_vectors
 from services.runtime import ModelNotReadyError, Runtime
 from thaw.factors import Factors
-from thaw.schema import CF, CF_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +65,8 @@ def rebuild(
             except PermanentError as exc:
                 log.warning("reindex: skipping %s: %s", record.item_id, exc)
                 skipped.append(record.item_id)
-        points = []
-        for record, encoded in zip(records, model.encode(inputs) if inputs else [], strict=True):
-            vector, count = cf[record.item_id]
-            point = item_point(model, record.item_id, encoded, {**record_payload(record), "interactions": count})
-            if vector is not None:
-                point.vectors[CF] = vector
-            if record.item_id in trained:
-                point.payload[CF_SOURCE] = "als"
-            points.append(point)
+        encoded = model.encode(inputs) if inputs else []
+        points = [stored_point(model, r, e, cf[r.item_id], trained) for r, e in zip(records, encoded, strict=True)]
         indexed += len(upsert_items(rt.index, items_coll, points, keep_cf=False))
         if progress is not None:
             progress(min(start + batch_size, len(ids)), len(ids))
