@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from indexer.collections import ITEMS, Index
 from indexer.search import payloads
+from indexer.shared import LOCK_NAME, SOCKET_NAME
 from services.db import Job, make_engine
 from tests.integration.conftest import ApiServer, RedisServer, Worker
 from tests.integration.test_reembed import wait_for_workers
@@ -33,7 +34,8 @@ def outbox_env(tmp_path: Path, service_env: dict[str, str]) -> Iterator[tuple[di
     (tmp_path / "redis").mkdir()
     redis = RedisServer(tmp_path / "redis")  # its own: the test restarts it
     data_dir = tmp_path / "thaw"
-    shutil.copytree(service_env["THAW_DATA_DIR"], data_dir)  # the trained, served model; uploads of its own
+    # The trained, served model, for uploads of its own; not the socket and lock of the process owning the original.
+    shutil.copytree(service_env["THAW_DATA_DIR"], data_dir, ignore=shutil.ignore_patterns(SOCKET_NAME, LOCK_NAME))
     env = {
         **service_env,
         "THAW_DATA_DIR": str(data_dir),
