@@ -12,11 +12,11 @@ from scipy import stats as sps
 
 from thaw.experiments.assignment import assign, bucket
 from thaw.experiments.interleaving import outcome, summarise, team_draft
-from thaw.experiments.policies import Candidates, UserContext, knn_matrix, make_policy, rank
+from thaw.experiments.policies import Candidates, UserContext, make_policy, rank
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report
 from thaw.experiments.spec import Arm, ExperimentSpec, parse_arms, spec_problems
 from thaw.experiments.stats import ratio_difference, srm, two_proportion
-from thaw.scoring import score_items, served_vectors
+from thaw.scoring import knn_matrix, score_items, served_vectors
 
 USERS = [f"user-{i}" for i in range(10_000)]
 
