@@ -35,6 +35,7 @@ LOSSES = ("mse", "wpe", "softmax")
 AUDIO = MODALITY_ORDER.index("audio")
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # content_knn's share of the cold-start score (thaw.scoring.score_items)
+BLEND_MARGIN = 0.01  # a blend is chosen only when it beats both pure scorers by this share of cold-validation NDCG
 
 
 @dataclass
@@ -367,8 +368,9 @@ def train_residuals(s: TrainState) -> None:
 def tune_blend(s: TrainState) -> None:
     """The cold-start scorer that ships as the serving default, chosen on cold validation among Thaw's regression
     onto CF factors (knn weight 0; alpha blends the CF score with similarity to the user's Thaw profile), content
-    similarity to the user's history in content_knn's embedding (knn weight 1), and their z-scored blends; ties
-    go to the smaller knn weight."""
+    similarity to the user's history in content_knn's embedding (knn weight 1), and their z-scored blends. A blend
+    must beat the better pure scorer by BLEND_MARGIN (differences smaller than that are validation noise); ties go
+    to the smaller knn weight, then the larger alpha."""
     if s.fixed is not None:
         s.alpha, s.knn_weight = s.fixed.alpha, s.fixed.knn_weight
         return
@@ -391,7 +393,13 @@ def tune_blend(s: TrainState) -> None:
                 knn_weight=w,
             )
     s.alphas = {a: s.scorers[(a, 0.0)] for a in ALPHAS}
-    s.alpha, s.knn_weight = max(s.scorers, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]))
+    pure = [aw for aw in s.scorers if aw[1] in (0.0, 1.0)]
+    blends = [aw for aw in s.scorers if aw not in pure]
+    best = max(pure, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]))
+    blend = max(blends, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]), default=None)
+    if blend is not None and s.scorers[blend] > (1.0 + BLEND_MARGIN) * s.scorers[best]:
+        best = blend
+    s.alpha, s.knn_weight = best
 
 
 STAGES: tuple[tuple[str, Callable[[TrainState], None]], ...] = (
