@@ -169,6 +169,7 @@ def run_protocol(
             "alpha": model.alpha,
             "knn_weight": model.knn_weight,
             "scorer": scorer_name(model.knn_weight),
+            "scorer_grid": model.metrics["scorer_grid"],  # cold-validation NDCG@20 of every candidate scorer
             "content_pull": model.metrics["content_pull"]["pull"],
             "ridge_lambda": best_lam,
             "ridge_all_lambda": all_lam,
