@@ -333,8 +333,8 @@ class Recommendations(BaseModel):
     items: list[RecommendedItem]
     experiment_id: str | None = None  # set when the list was served (and logged) for a running experiment
     arm: str | None = None  # the user's arm (None in an interleaving experiment: both arms are in the list)
-    fallback: Literal["popularity"] | None = Field(
-        default=None, description="set for a user the model cannot place: the most-interacted warm items instead"
+    fallback: str | None = Field(
+        default=None, description='"popularity" for a user the model cannot place: the most-interacted warm items'
     )
 
 

@@ -25,7 +25,7 @@ from services.jobs import record_dispatch
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
 from thaw.media import AUDIO_KINDS, IMAGE_KINDS, MEDIA_MODALITIES, decode_audio, decode_image, sniff_kind
-from thaw.schema import MODALITIES, JobStatus, item_text
+from thaw.schema import MODALITIES, JobStatus, Modality, item_text
 
 log = logging.getLogger(__name__)
 _DECODES = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))  # decodes at once (memory and CPU)
@@ -160,14 +160,14 @@ MAX_SCANNED = 5000  # records a catalogue page reads at most (a rare filter may 
 class ListedItem:
     item_id: str
     metadata: dict[str, Any]
-    modalities: list[str]
+    modalities: list[Modality]
     revision: int
     created_at: datetime
     updated_at: datetime
     indexed: bool  # has a point in the served collection
 
 
-def modalities_of(record: ItemRecord) -> list[str]:
+def modalities_of(record: ItemRecord) -> list[Modality]:
     """The modalities an item was uploaded with: text when its metadata has text fields, and its originals."""
     sent = {"text"} if item_text(record.metadata_ or {}) else set()
     return [m for m in MODALITIES if m in sent or m in (record.media or {})]
