@@ -88,7 +88,7 @@ def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client,
 
 def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker: Worker) -> None:
     wait_job(client, upload(client, "evt-item", {"title": "Surf whale island"}))
-    assert client.get("/users/brand-new-user/recommendations").status_code == 404
+    assert client.get("/users/brand-new-user/recommendations").json()["fallback"] == "popularity"
     resp = client.post(
         "/events",
         json=[
@@ -100,6 +100,7 @@ def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker:
     item = client.get("/items/evt-item").json()
     assert item["interactions"] == 2
     recs = client.get("/users/brand-new-user/recommendations", params={"k": 5}).json()
+    assert recs["fallback"] is None  # placed by the events folded in
     assert len(recs["items"]) == 5 and "evt-item" not in [r["item_id"] for r in recs["items"]]
     cold = client.get("/users/u1/recommendations", params={"k": 500, "cold_only": "true"}).json()
     assert "evt-item" not in {r["item_id"] for r in cold["items"]}  # no longer cold
