@@ -26,6 +26,7 @@ from indexer.collections import ITEMS, USERS, activate, collection_name
 from indexer.search import get_items, get_user
 from indexer.writer import ItemPoint, upsert_items, upsert_users
 from services.db import Base, Exposure, Interaction, ItemRecord, Job, ReembedItem, ReembedJob
+from services.embedding import drop_deleted
 from services.runtime import Runtime
 from tests.unit.test_experiments_api import POPULARITY, _index_version
 from tests.unit.test_experiments_api import USERS as ALS_USERS
@@ -137,6 +138,17 @@ def test_delete_leaves_nothing_of_the_item_in_any_version_the_media_store_or_the
     assert client.get(f"/items/{doomed}").status_code == 404
     assert _points(rt, ITEMS, ITEM_IDS) == {"v1": ITEM_IDS, "v2": ITEM_IDS}
     assert client.get("/items/w0").json()["indexed"] is True
+
+
+def test_an_embedding_that_races_a_delete_takes_its_points_back(live: Live) -> None:
+    """An embedding that read the record before the delete and writes after it: its write-then-check finds the record
+    gone and removes what it wrote, from every version."""
+    _, rt = live
+    for version in VERSIONS:
+        point = ItemPoint("late-ghost", {"content": np.ones(4, np.float32)}, {"interactions": 0})
+        upsert_items(rt.index, collection_name(ITEMS, version), [point], keep_cf=False)
+    assert drop_deleted(rt, ["late-ghost", "w0"]) == {"late-ghost"}
+    assert _points(rt, ITEMS, ["late-ghost", "w0"]) == {"v1": ["w0"], "v2": ["w0"]}
 
 
 def _all_pages(client: httpx.Client, path: str, key: str, **params: Any) -> list[list[dict[str, Any]]]:
