@@ -13,14 +13,14 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
-from indexer.collections import ITEMS, active_collection_version
+from indexer.collections import indexed_versions
 from indexer.search import Hit, get_items, get_users
 from indexer.writer import clear_item_cf, delete_users, set_item_cf
 from services import experiments
 from services.db import Interaction, ItemRecord, as_utc, item_audience, utcnow
 from services.runtime import ModelView, Runtime
 from thaw.datasets import Interactions
-from thaw.errors import NotFoundError
+from thaw.errors import ConflictError, NotFoundError
 from thaw.experiments.report import EventLog
 from thaw.factors import fold_in_events
 from thaw.schema import CF_SOURCE, CONTENT
@@ -88,9 +88,9 @@ def _refold(rt: Runtime, view: ModelView, session: Session, hits: dict[str, Hit]
                 prior=hit.vectors.get(CONTENT),  # shrunk toward the content prediction while evidence is thin
                 shrinkage=c.cf_shrinkage,
             )
-            set_item_cf(rt.index, ITEMS, item_id, cf, len(audience))
+            set_item_cf(rt.index, view.items, item_id, cf, len(audience))
         elif erased:
-            clear_item_cf(rt.index, ITEMS, item_id, len(audience))
+            clear_item_cf(rt.index, view.items, item_id, len(audience))
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ class Erased:
 
 def erase_user(rt: Runtime, user_id: str) -> Erased:
     """Erase a user: their events and experiment exposures (rec_ids, arms, lists), their vector in every version's
-    users collection; the served items they had touched get their CF vectors folded in again from the remaining
-    audience. NotFoundError when nothing of the user is left (a repeated erase)."""
+    users collection; the items they had touched get their CF vectors folded in again from the remaining audience, in
+    every indexed version. NotFoundError when nothing of the user is left (a repeated erase)."""
     with rt.session() as session:
         touched = sorted(set(session.scalars(select(Interaction.item_id).where(Interaction.user_id == user_id))))
         events = session.execute(sql_delete(Interaction).where(Interaction.user_id == user_id))
@@ -152,9 +152,12 @@ def erase_user(rt: Runtime, user_id: str) -> Erased:
     held = delete_users(rt.index, [user_id])
     if not (n_events or n_exposures or held):
         raise NotFoundError(f"user {user_id!r} does not exist (or was erased already)")
-    if touched and active_collection_version(rt.index) is not None:
-        view = rt.view()
-        hits = {h.item_id: h for h in get_items(rt.index, touched, vectors=[CONTENT])}
+    for version in indexed_versions(rt.index) if touched else []:
+        try:
+            view = rt.view(version)
+        except (NotFoundError, ConflictError):  # collections of a version no longer trained here: nothing to fold
+            continue
+        hits = {h.item_id: h for h in get_items(rt.index, touched, vectors=[CONTENT], collection=view.items)}
         with rt.session() as session:
             _refold(rt, view, session, hits, erased=True)
     return Erased(n_events, n_exposures, held)

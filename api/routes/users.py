@@ -102,7 +102,7 @@ def user_history(
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
 def erase_user(user_id: str, rt: RuntimeDep) -> Response:
     """Erase a user: their events, their experiment exposures (rec_ids, arms, lists) and their vector in every model
-    version's users collection; the served items they touched are folded in again from the remaining audience.
+    version's users collection; the items they touched are folded in again from the remaining audience in every version.
     204 when something of the user was erased; 404 when nothing is left, so a repeated erase answers 404."""
     event_service.erase_user(rt, check_id(user_id, "user_id"))
     return Response(status_code=204)

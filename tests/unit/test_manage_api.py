@@ -24,7 +24,7 @@ from entrypoints.demo import Server
 from entrypoints.runtime import build_runtime
 from indexer.collections import ITEMS, USERS, activate, collection_name
 from indexer.search import get_items, get_user
-from indexer.writer import ItemPoint, upsert_items, upsert_users
+from indexer.writer import ItemPoint, set_item_cf, upsert_items, upsert_users
 from services.db import Base, Exposure, Interaction, ItemRecord, Job, ReembedItem, ReembedJob
 from services.embedding import drop_deleted
 from services.runtime import Runtime
@@ -201,6 +201,7 @@ def test_user_history_pages_newest_first_and_erase_leaves_nothing(live: Live) ->
     events.append({"user_id": eve, "item_id": "w2", "timestamp": "2025-03-01T02:00:00+02:00"})  # = 00:00 UTC
     assert client.post("/events", json=events).status_code == 200
     assert client.get("/items/c3").json()["interactions"] == 1  # folded in from eve alone
+    set_item_cf(rt.index, collection_name(ITEMS, "v2"), "c3", np.ones(4, np.float32), 1)  # as v2's re-embedding did
     arms = [{"name": "pop", "policy": "popularity", "share": 0.5}, {"name": "rnd", "policy": "random", "share": 0.5}]
     exp = client.post("/experiments", json={"name": "e", "arms": arms, "control": "pop"}).json()
     rec = client.get(f"/users/{eve}/recommendations", params={"experiment": exp["experiment_id"]}).json()
@@ -217,8 +218,9 @@ def test_user_history_pages_newest_first_and_erase_leaves_nothing(live: Live) ->
     assert resp.status_code == 204, resp.text
     assert _mentions(rt, eve) == []  # events and the exposure (its rec_id) are gone
     assert _points(rt, USERS, [eve]) == {"v1": [], "v2": []}
-    c3 = get_items(rt.index, ["c3"], vectors=True)[0]
-    assert CF not in c3.vectors and c3.payload["interactions"] == 0  # cold again: nothing of eve is left in it
+    for version in VERSIONS:  # cold again in every version: nothing of eve is left in it
+        c3 = get_items(rt.index, ["c3"], vectors=True, collection=collection_name(ITEMS, version))[0]
+        assert CF not in c3.vectors and c3.payload["interactions"] == 0, version
     assert client.get(f"/users/{eve}/history").status_code == 404
     assert client.delete(f"/users/{eve}").status_code == 404  # a repeat
     assert client.get(f"/users/{eve}/recommendations").json()["fallback"] == "popularity"  # unknown again
