@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -23,7 +24,7 @@ from indexer.collections import (
     collection_name,
     ensure_collections,
 )
-from indexer.writer import ItemPoint, upsert_items, upsert_users
+from indexer.writer import ItemPoint, delete_items, upsert_items, upsert_users
 from services.db import ItemRecord, Job, running_reembeds, utcnow
 from services.dispatch import is_transient
 from services.runtime import Runtime
@@ -125,6 +126,19 @@ def stored_point(
     return point
 
 
+def drop_deleted(rt: Runtime, item_ids: Sequence[str]) -> set[str]:
+    """After writing points: those of items deleted meanwhile (their record gone, read afresh) are taken back out of
+    every collection, so an embedding that races a deletion leaves nothing. Returns the items taken back."""
+    if not item_ids:
+        return set()
+    with rt.session() as session:
+        alive = set(session.scalars(select(ItemRecord.item_id).where(ItemRecord.item_id.in_(item_ids))))
+    gone = set(item_ids) - alive
+    if gone:
+        delete_items(rt.index, sorted(gone))
+    return gone
+
+
 def _finish(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:
     job.status, job.error, job.finished_at = status, error, utcnow()
     session.commit()
@@ -155,6 +169,8 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
                 model = rt.model(version)
                 point = item_point(model, item_id, model.encode([inp])[0], record_payload(record))
                 upsert_items(rt.index, collection_name(ITEMS, version), [point])
+            if drop_deleted(rt, [item_id]):
+                return JobStatus.FAILED  # deleted while it was embedded: its job went with it
             job.model_version = versions[0]
         except Exception as exc:
             session.rollback()

@@ -1,5 +1,6 @@
-"""Services: jobs — what a job's status is, starting and resuming re-embedding jobs with the service's defaults, and
-sending again every job that is recorded but not finished (after a restart, or when a job makes no progress)."""
+"""Services: jobs — what a job's status is, the jobs newest first, starting and resuming re-embedding jobs with the
+service's defaults, and sending again every job that is recorded but not finished (after a restart, or when a job
+makes no progress)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,30 @@ def read(session: Session, job_id: str) -> tuple[Job, dict[str, Any] | None]:
     if job is None:
         raise NotFoundError(f"job {job_id!r} does not exist")
     return job, reembed.progress(session, job) if job.kind == "reembed" else None
+
+
+def listed(
+    session: Session,
+    before: tuple[datetime, str] | None,
+    limit: int,
+    *,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+) -> tuple[list[Job], tuple[datetime, str] | None]:
+    """Jobs newest first (by creation, then id), of `status` and `kind` when given, older than `before` (a
+    (created_at, job id) key); returns a page of at most `limit` and the key to continue before (None at the end)."""
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if before is not None:
+        at, job_id = before
+        query = query.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.job_id < job_id)))
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit + 1)).all()
+    page = list(rows[:limit])
+    more = len(rows) > limit
+    return page, (as_utc(page[-1].created_at), page[-1].job_id) if more and page else None
 
 
 def start_reembed(

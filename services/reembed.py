@@ -45,7 +45,7 @@ from services.db import (
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, item_input, stored_point
+from services.embedding import PermanentError, content_hash, drop_deleted, item_input, stored_point
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
 from thaw.factors import Factors, fold_in_events
@@ -338,6 +338,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         for (row, record), enc in zip(todo, encoded, strict=True)
     ]
     upsert_items(rt.index, collection, points)  # a newer upload already written there is left alone
+    drop_deleted(rt, [row.item_id for row, _ in todo])
     for row, _ in todo:
         row.status, row.updated_at = ItemStatus.DONE, utcnow()
 

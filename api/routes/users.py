@@ -1,13 +1,27 @@
-"""API: recommendations (the default blend, or an experiment's arm, logged as an exposure) and interaction events."""
+"""API: recommendations (the default blend, an experiment's arm logged as an exposure, or the popularity fallback),
+interaction events, a user's history and a user's erasure."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
 from api.deps import RuntimeDep, require_model
-from api.schemas import EventIn, EventsAccepted, Recommendations, RecommendedItem, parse_filter
+from api.schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    EventIn,
+    EventsAccepted,
+    PastEventPublic,
+    Recommendations,
+    RecommendedItem,
+    UserHistory,
+    encode_cursor,
+    moment_cursor,
+    parse_filter,
+)
 from services import events as event_service
 from services.recommendations import recommend
 from thaw.errors import InvalidInputError, TooLargeError
@@ -32,7 +46,8 @@ def recommendations(
 ) -> Recommendations:
     """The blended recommendations (the `thaw` policy on the served model); with `experiment`, the user's arm of a
     running experiment, logged as an exposure under the returned rec_id (outside its time window: the default,
-    not logged). Unknown query parameters are refused."""
+    not logged). A user the model cannot place (no learned factors, no events on indexed items) gets the
+    most-interacted warm items, with `fallback` set, not logged. Unknown query parameters are refused."""
     unknown = set(request.query_params) - KNOWN_PARAMS
     if unknown:
         raise InvalidInputError(f"unknown query parameters {sorted(unknown)}; expected {sorted(KNOWN_PARAMS)}")
@@ -59,7 +74,38 @@ def recommendations(
         items=items,
         experiment_id=rec.experiment_id,
         arm=rec.arm,
+        fallback=rec.fallback,
     )
+
+
+@router.get("/users/{user_id}/history", response_model=UserHistory)
+def user_history(
+    user_id: str,
+    rt: RuntimeDep,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+) -> UserHistory:
+    """The user's events, newest first (by when they happened), page by page; 404 for a user with no events."""
+    user_id = check_id(user_id, "user_id")
+    before = moment_cursor("history", cursor, int)
+    page, last = event_service.history_page(rt, user_id, before, limit)
+    return UserHistory(
+        user_id=user_id,
+        events=[
+            PastEventPublic(item_id=e.item_id, weight=e.weight, type=e.kind, rec_id=e.rec_id, timestamp=e.timestamp)
+            for e in page
+        ],
+        next_cursor=None if last is None else encode_cursor("history", last[0].isoformat(), last[1]),
+    )
+
+
+@router.delete("/users/{user_id}", status_code=204, response_class=Response)
+def erase_user(user_id: str, rt: RuntimeDep) -> Response:
+    """Erase a user: their events, their experiment exposures (rec_ids, arms, lists) and their vector in every model
+    version's users collection; the items they touched are folded in again from the remaining audience in every version.
+    204 when something of the user was erased; 404 when nothing is left, so a repeated erase answers 404."""
+    event_service.erase_user(rt, check_id(user_id, "user_id"))
+    return Response(status_code=204)
 
 
 @router.post("/events", response_model=EventsAccepted)
