@@ -176,7 +176,7 @@ class ModelVersion(TypedDict):
     served: bool
     trained_at: str | None
     alpha: float | None
-    data: dict[str, int]
+    data: dict[str, int | None]
     validation: dict[str, float]
 
 
