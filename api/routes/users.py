@@ -54,10 +54,14 @@ def recommendations(
     """The blended recommendations (the `thaw` policy on the served model); with `experiment`, the user's arm of a
     running experiment, logged as an exposure under the returned rec_id (outside its time window: the default,
     not logged). A user the model cannot place (no learned factors, no events on indexed items) gets the
-    most-interacted warm items, with `fallback` set, not logged. Unknown query parameters are refused."""
+    most-interacted warm items, with `fallback` set, not logged. `exclude` leaves items out besides the user's
+    history; `explain` names, for each item, the user's history items whose content put it there (`because`). Unknown
+    query parameters are refused."""
     unknown = set(request.query_params) - KNOWN_PARAMS
     if unknown:
         raise InvalidInputError(f"unknown query parameters {sorted(unknown)}; expected {sorted(KNOWN_PARAMS)}")
+    if exclude is not None and len(exclude) > MAX_EXCLUDE:
+        raise TooLargeError(f"at most {MAX_EXCLUDE} exclude ids, got {len(exclude)}")
     rec = recommend(
         rt,
         check_id(user_id, "user_id"),
