@@ -211,8 +211,9 @@ def serve(
             payloads.update({h.item_id: h.payload for h in get_items(rt.index, items, vectors=False)})
         alpha = (c.alpha if policy.alpha is None else policy.alpha) if policy.tunable else None
         interactions = [int(payloads[i].get("interactions", 0)) for i in items]
-        because = _because(policy, ctx, None if cands.content is None else cands.content[order], len(order))
-        out.append(Served(policy, view.version, alpha, items, scores, interactions, because if req.explain else None))
+        contents = None if cands.content is None else cands.content[order]
+        because = _because(policy, ctx, contents, len(order)) if req.explain else None
+        out.append(Served(policy, view.version, alpha, items, scores, interactions, because))
     return out
 
 
