@@ -334,9 +334,8 @@ class _Endpoints:
         explain: bool = False,
     ) -> Req[Recommendations]:
         """The user's recommendations; `exclude` leaves items out, `explain` says why each item is there."""
-        params = _query(k=k, alpha=alpha, experiment=experiment, filter=filter)
-        params.update({"offset": offset} if offset else {}, **({"cold_only": True} if cold_only else {}))
-        params.update({"exclude": list(exclude)} if exclude else {}, **({"explain": True} if explain else {}))
+        flags = {"cold_only": cold_only or None, "explain": explain or None, "exclude": list(exclude) or None}
+        params = _query(k=k, alpha=alpha, experiment=experiment, offset=offset or None, filter=filter, **flags)
         return Req({"user_id": user_id}, params=params)
 
     @endpoint("POST", "/events")
