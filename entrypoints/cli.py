@@ -117,6 +117,8 @@ def ingest(
         fields = json.loads(metadata)
     except json.JSONDecodeError as exc:
         raise typer.BadParameter(f"--metadata must be a JSON object: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise typer.BadParameter(f"--metadata must be a JSON object, got {type(fields).__name__}")
     with _api(url) as client:
         accepted = client.upload_item(item_id, fields, image=image, audio=audio)
         job = client.wait_job(accepted["job_id"]) if wait else accepted
@@ -193,9 +195,8 @@ def reembed(
         if resume is not None:
             job_id = client.resume_job(resume)["job_id"]
         else:
-            assert model is not None
             match = json.loads(filter) if filter else None
-            started = client.reembed(model, filter=match, max_failed_share=max_failed_share)
+            started = client.reembed(str(model), filter=match, max_failed_share=max_failed_share)
             job_id = started["job_id"]
             console.print(f"job [bold]{job_id}[/]: {started['total']} items into {model}, {started['chunks']} chunks")
         if not wait:

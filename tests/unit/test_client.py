@@ -191,3 +191,19 @@ def test_thaw_models_shows_training_date_data_alpha_and_validation(keyed: Keyed,
     monkeypatch.delenv("THAW_API_KEYS")
     result = CliRunner().invoke(cli, ["models", "--url", url])
     assert result.exit_code == 1 and "401" in result.output and "API key" in result.output, result.output
+
+
+def test_thaw_ingest_uploads_through_the_client_and_waits(keyed: Keyed, tmp_path: Path, monkeypatch: Any) -> None:
+    url, _ = keyed
+    monkeypatch.setenv("THAW_API_KEYS", KEY)
+    image = tmp_path / "cover.png"
+    image.write_bytes(_png())
+    args = ["ingest", "cli-1", "--metadata", '{"title": "From the CLI"}', "--image", str(image), "--url", url]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert job["item_id"] == "cli-1" and job["status"] in FINISHED
+    with ThawClient(url, api_key=KEY) as thaw:
+        assert thaw.get_item("cli-1")["metadata"] == {"title": "From the CLI"}
+    result = CliRunner().invoke(cli, ["ingest", "cli-2", "--metadata", "[1]", "--url", url])
+    assert result.exit_code == 2 and "JSON object" in result.output, result.output
