@@ -237,6 +237,7 @@ class Endpoint(Generic[P, T]):
 
     def __init__(self, method: str, route: str, build: Callable[Concatenate[Any, P], Req[T]]) -> None:
         self.method, self.route, self.build = method, route, build
+        self.__doc__ = build.__doc__
 
     @overload
     def __get__(self, client: None, owner: type) -> Endpoint[P, T]: ...

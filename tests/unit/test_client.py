@@ -55,8 +55,11 @@ def test_every_route_of_the_openapi_has_a_client_method(tmp_path: Path) -> None:
     covered = {(e.method, e.route) for e in methods.values()}
     assert routes - covered == set(), "routes without a client method"
     assert covered - routes == set(), "client methods without a route"
+    sync, aio = ThawClient(), AsyncThawClient()
     for name in methods:  # each is callable on both clients
-        assert callable(getattr(ThawClient(), name)) and callable(getattr(AsyncThawClient(), name))
+        assert callable(getattr(sync, name)) and callable(getattr(aio, name))
+    sync.close()
+    asyncio.run(aio.aclose())
 
 
 def test_sync_round_trip_with_the_key_and_errors_with_the_servers_reason(keyed: Keyed) -> None:
