@@ -295,6 +295,14 @@ class ModelVersionPublic(BaseModel):
     indexed: bool  # its items and users collections exist
     items: int | None = None  # points in its items collection
     served: bool
+    trained_at: UtcDatetime | None = None
+    alpha: float | None = Field(default=None, description="the CF/content blend chosen on validation")
+    data: dict[str, int | None] = Field(
+        default_factory=dict, description="what it was trained on: items (warm), users, interactions"
+    )
+    validation: dict[str, float] = Field(
+        default_factory=dict, description="internal validation figures: cold_val_ndcg@20, n_val_users"
+    )
 
 
 class ModelVersions(BaseModel):
@@ -320,9 +328,23 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem]
 
 
+class Explanation(BaseModel):
+    """Why an item is in the list (with `explain=true`)."""
+
+    source: str = Field(
+        description='"history": `items` are the user\'s history items whose content vectors are closest to this '
+        "item's, the largest terms of the content similarity in its score, with their cosines in `similarity`; "
+        'otherwise the signal that ranked it alone: "cf" (the user\'s CF factors), "popularity" (the fallback), or '
+        "an experiment arm's policy"
+    )
+    items: list[str] = Field(default_factory=list, description="history item ids, the strongest first (up to 3)")
+    similarity: list[float] = Field(default_factory=list)
+
+
 class RecommendedItem(ScoredItem):
     cold: bool | None = None  # no interactions when served
     team: str | None = None  # interleaving: the arm that drafted this position
+    because: Explanation | None = Field(default=None, description="with explain=true: why this item is here")
 
 
 class Recommendations(BaseModel):

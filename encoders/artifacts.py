@@ -21,7 +21,7 @@ from encoders import vision as vision_encoder
 from encoders.features import EncodedItem, ItemInput, Table, features
 from encoders.fusion import MODALITY_ORDER, ThawNet
 from encoders.tags import TagFactors, TagVocab
-from thaw.registry import FACTORS, ModelConfig, Registry
+from thaw.registry import FACTORS, METRICS, ModelConfig, Registry
 
 
 def library_versions() -> dict[str, str]:
@@ -147,7 +147,7 @@ class ThawModel:
         (directory / "tags.json").write_text(json.dumps(self.vocab.to_json()))
         (directory / "tag_factors.json").write_text(json.dumps(self.tag_factors.to_json()))
         save_np(self.tag_factors.arrays(), directory / "tag_factors.safetensors")
-        (directory / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        (directory / METRICS).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
         (directory / "versions.json").write_text(json.dumps(library_versions(), indent=2))
         self.config.write(directory)  # last: a directory is a version once its config exists
 
@@ -158,7 +158,7 @@ class ThawModel:
         net.load_state_dict(load_file(directory / "weights.safetensors"))
         factors = load_np(directory / FACTORS)
         ids = json.loads((directory / "ids.json").read_text())
-        metrics = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
+        metrics = json.loads((directory / METRICS).read_text()) if (directory / METRICS).exists() else {}
         return cls(
             net,
             config=config,

@@ -130,6 +130,7 @@ def interleave(a: Served, b: Served, k: int, rec_id: str, teams: tuple[str, str]
         items,
         [source[t].scores[p] for t, p in pick],
         [source[t].interactions[p] for t, p in pick],
+        None if a.because is None or b.because is None else [(source[t].because or [])[p] for t, p in pick],
     )
     return merged, owner
 

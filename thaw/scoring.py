@@ -71,3 +71,17 @@ def score_items(
         return blend(cf_scores, None, alpha)
     norms = np.linalg.norm(contents, axis=1) + 1e-12
     return blend(cf_scores, (contents @ user_profile) / norms, alpha)
+
+
+def strongest(contents: np.ndarray, history: np.ndarray, top: int) -> list[list[tuple[int, float]]]:
+    """For each candidate (a row of `contents`; a NaN row has no content vector), the history rows that contribute
+    most to its content similarity to the user's profile (the unit centroid of `history`): (row, cosine) pairs,
+    largest first, up to `top`, positive cosines only."""
+    units = history / (np.linalg.norm(history, axis=1, keepdims=True) + 1e-12)
+    cands = np.nan_to_num(contents) / (np.linalg.norm(np.nan_to_num(contents), axis=1, keepdims=True) + 1e-12)
+    cos = cands @ units.T
+    out = []
+    for row in cos:
+        order = np.argsort(-row, kind="stable")[:top]
+        out.append([(int(j), float(row[j])) for j in order if row[j] > 0])
+    return out

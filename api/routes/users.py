@@ -14,6 +14,7 @@ from api.schemas import (
     MAX_PAGE,
     EventIn,
     EventsAccepted,
+    Explanation,
     PastEventPublic,
     Recommendations,
     RecommendedItem,
@@ -24,12 +25,14 @@ from api.schemas import (
 )
 from services import events as event_service
 from services.recommendations import recommend
+from services.serving import Because
 from thaw.errors import InvalidInputError, TooLargeError
 from thaw.schema import check_id
 
 router = APIRouter(tags=["recommendations"], dependencies=[Depends(require_model)])
 MAX_EVENTS = 10_000
-KNOWN_PARAMS = frozenset({"k", "alpha", "cold_only", "experiment", "offset", "filter"})
+KNOWN_PARAMS = frozenset({"k", "alpha", "cold_only", "experiment", "offset", "filter", "exclude", "explain"})
+MAX_EXCLUDE = 1000
 
 
 @router.get("/users/{user_id}/recommendations", response_model=Recommendations)
@@ -43,14 +46,22 @@ def recommendations(
     experiment: Annotated[str | None, Query(max_length=64, description="serve this experiment's arm")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000, description="skip this many (the next page)")] = 0,
     filter: Annotated[str | None, Query(description='payload filter, JSON: {"modalities": "image"}')] = None,
+    exclude: Annotated[
+        list[str] | None, Query(description=f"item ids never to serve (repeat the parameter; at most {MAX_EXCLUDE})")
+    ] = None,
+    explain: Annotated[bool, Query(description="say why each item is there (`because`)")] = False,
 ) -> Recommendations:
     """The blended recommendations (the `thaw` policy on the served model); with `experiment`, the user's arm of a
     running experiment, logged as an exposure under the returned rec_id (outside its time window: the default,
     not logged). A user the model cannot place (no learned factors, no events on indexed items) gets the
-    most-interacted warm items, with `fallback` set, not logged. Unknown query parameters are refused."""
+    most-interacted warm items, with `fallback` set, not logged. `exclude` leaves items out besides the user's
+    history; `explain` names, for each item, the user's history items whose content put it there (`because`). Unknown
+    query parameters are refused."""
     unknown = set(request.query_params) - KNOWN_PARAMS
     if unknown:
         raise InvalidInputError(f"unknown query parameters {sorted(unknown)}; expected {sorted(KNOWN_PARAMS)}")
+    if exclude is not None and len(exclude) > MAX_EXCLUDE:
+        raise TooLargeError(f"at most {MAX_EXCLUDE} exclude ids, got {len(exclude)}")
     rec = recommend(
         rt,
         check_id(user_id, "user_id"),
@@ -60,11 +71,20 @@ def recommendations(
         experiment_id=experiment,
         offset=offset,
         match=parse_filter(filter),
+        exclude=[check_id(i) for i in exclude or ()],
+        explain=explain,
     )
     s = rec.served
+    because: list[Because | None] = list(s.because) if s.because is not None else [None] * len(s.items)
     items = [
-        RecommendedItem(item_id=i, score=sc, cold=n == 0, team=rec.teams[p] if rec.teams else None)
-        for p, (i, sc, n) in enumerate(zip(s.items, s.scores, s.interactions, strict=True))
+        RecommendedItem(
+            item_id=i,
+            score=sc,
+            cold=n == 0,
+            team=rec.teams[p] if rec.teams else None,
+            because=None if why is None else Explanation.model_validate(why, from_attributes=True),
+        )
+        for p, (i, sc, n, why) in enumerate(zip(s.items, s.scores, s.interactions, because, strict=True))
     ]
     return Recommendations(
         rec_id=rec.rec_id,

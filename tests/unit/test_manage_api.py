@@ -9,6 +9,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,11 @@ ITEM_IDS = sorted([*POPULARITY, "c0", "c1", "c2", "c3"])
 Live = tuple[httpx.Client, Runtime]
 
 
-@pytest.fixture()
-def live(tmp_path: Path) -> Iterator[Live]:
-    """v1 (served) and v2 hold the same planted items: warm w0..w5 (popularity w0 > w1 > ...), cold c0..c3 (with an
-    image); every ALS user has one event on w5. Warm items are Drama at even positions, Comedy at odd ones."""
-    settings = Settings(data_dir=tmp_path)
+@contextmanager
+def planted_server(settings: Settings) -> Iterator[tuple[str, Runtime]]:
+    """A live server whose v1 (served) and v2 hold the same planted items: warm w0..w5 (popularity w0 > w1 > ...),
+    cold c0..c3 (with an image); every ALS user has one event on w5. Warm items are Drama at even positions, Comedy at
+    odd ones. Yields its URL and the runtime."""
     rt = build_runtime(settings)
     for version, top_cold in zip(VERSIONS, ("c0", "c1"), strict=True):
         _index_version(rt, version, top_cold=top_cold)
@@ -55,7 +56,14 @@ def live(tmp_path: Path) -> Iterator[Live]:
             session.add(ItemRecord(item_id=item, metadata_={"year": 2020}, media={"image": "0" * 64}))
         session.add_all(Interaction(user_id=user, item_id="w5", weight=1.0) for user in ALS_USERS)
         session.commit()
-    with Server(settings, rt) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+    with Server(settings, rt) as server:
+        yield server.url, rt
+
+
+@pytest.fixture()
+def live(tmp_path: Path) -> Iterator[Live]:
+    """`planted_server` on a fresh data directory, with an httpx client of it."""
+    with planted_server(Settings(data_dir=tmp_path)) as (url, rt), httpx.Client(base_url=url, timeout=60) as client:
         yield client, rt
 
 
