@@ -3,6 +3,7 @@ experiments and exposures (SQLAlchemy)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -140,6 +141,33 @@ class Exposure(Base):
 def as_utc(moment: datetime) -> datetime:
     """Datetimes read back from SQLite are naive: they were written in UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, succeeded, failed
+
+
+def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
+    """One lifecycle line of a job, with its id, kind, item, attempt, and (once it ended) the seconds since it started
+    (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
+    fields: dict[str, Any] = {"job_id": job.job_id, "kind": job.kind, "item_id": job.item_id, "event": event}
+    text = f"job {job.job_id} {event}: {job.kind}" + (f" of {job.item_id}" if job.item_id else "")
+    if event != "queued":
+        fields["attempt"] = job.attempts
+    if job.finished_at is not None:
+        since = job.started_at or job.created_at
+        if since is not None:
+            fields["duration_s"] = round((as_utc(job.finished_at) - as_utc(since)).total_seconds(), 3)
+            text += f" in {fields['duration_s']}s"
+        if job.error:
+            fields["reason"] = job.error
+            text += f" ({job.error})"
+    JOB_LOG.log(level, "%s", text, extra=fields)
+
+
+def finish_job(job: Job, status: str, error: str | None = None) -> None:
+    """Mark a job finished now (the caller commits) and log it: every job ends through here."""
+    job.status, job.error, job.finished_at = status, error, utcnow()
+    log_job(job, status, level=logging.WARNING if status == "failed" else logging.INFO)
 
 
 def make_engine(url: str) -> Engine:
