@@ -38,7 +38,7 @@ class _ThawHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    """Set the root logger's level and its one Thaw handler (on stderr). Calling it again replaces that handler, so
+    """Set the root logger's level and its one Thaw handler (on stderr), which Python's warnings go through too. Calling it again replaces that handler, so
     an entry point reached twice in a process (the API factory in tests) does not print each line twice."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _ThawHandler)]:
@@ -47,6 +47,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(PLAIN_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python's warnings become log records too
     if json_lines:  # uvicorn's server and access lines too, where it serves the API (it gives them handlers of its own)
         for name in ("uvicorn", "uvicorn.access"):
             logging.getLogger(name).handlers = []
