@@ -38,8 +38,9 @@ class _ThawHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    """Set the root logger's level and its one Thaw handler (on stderr), which Python's warnings go through too. Calling it again replaces that handler, so
-    an entry point reached twice in a process (the API factory in tests) does not print each line twice."""
+    """Set the root logger's level and its one Thaw handler (on stderr), which Python's warnings go through too.
+    Calling it again replaces that handler, so an entry point reached twice in a process (the API factory in tests)
+    does not print each line twice."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _ThawHandler)]:
         root.removeHandler(handler)
