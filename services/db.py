@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -143,6 +144,7 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+SCHEMA_LOCK = 0x7468_6177  # the advisory lock that serializes schema creation on PostgreSQL ("thaw")
 JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, succeeded, failed
 
 
@@ -183,24 +185,26 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
-    Base.metadata.create_all(engine)
-    upgrade(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # API and worker processes start at once: one creates, the others wait
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        Base.metadata.create_all(conn)
+        upgrade(conn)
     return engine
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(conn: Connection) -> None:
     """Add the columns a newer Thaw declares to tables an older one created (create_all adds only tables)."""
-    inspector = inspect(engine)
+    inspector = inspect(conn)
     for table in Base.metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:
                 continue
-            ddl = column.type.compile(engine.dialect)
+            ddl = column.type.compile(conn.dialect)
             server_default = column.server_default
             default = f" DEFAULT {server_default.arg}" if isinstance(server_default, DefaultClause) else ""
-            with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
 
 
 def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:

@@ -165,3 +165,26 @@ def test_of_concurrent_sweeps_one_claims_a_lost_job_on_postgres(postgres: Postgr
         job = session.get(Job, "j")
         assert job is not None and job.dispatches == 2 and job.status == JobStatus.QUEUED
     engine.dispose()
+
+
+def test_processes_starting_at_once_create_the_schema_once_on_postgres(postgres: PostgresServer) -> None:
+    url = postgres.database("fresh")
+    starts = 6
+    gate, errors, engines = threading.Barrier(starts), [], []
+
+    def start() -> None:
+        gate.wait(10)
+        try:
+            engines.append(make_engine(url))
+        except Exception as exc:  # what compose's API and worker processes would die of
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(starts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(engines) == starts
+    assert "jobs" in inspect(engines[0]).get_table_names()
+    for engine in engines:
+        engine.dispose()
