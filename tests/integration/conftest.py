@@ -66,13 +66,12 @@ class PostgresServer:
     without fsync; as root, the cluster is made and run by the `postgres` (or `nobody`) user, since initdb refuses
     root. `database(name)` creates an empty database and returns its SQLAlchemy URL."""
 
-    BIN = Path("/usr/lib/postgresql/15/bin")
-
     def __init__(self) -> None:
-        found = [Path(p).parent for p in (shutil.which("initdb"), shutil.which("pg_ctl")) if p]
-        bindir = next((d for d in (*found, self.BIN) if (d / "initdb").is_file() and (d / "pg_ctl").is_file()), None)
+        debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: int(d.parent.name), reverse=True)
+        found = [Path(p).parent for p in (shutil.which("initdb"),) if p]
+        bindir = next((d for d in (*found, *debian) if (d / "initdb").is_file() and (d / "pg_ctl").is_file()), None)
         if bindir is None:
-            pytest.skip(f"PostgreSQL server binaries are not installed ({self.BIN}; make test installs postgresql)")
+            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; make test installs postgresql")
         if importlib.util.find_spec("psycopg") is None:
             pytest.skip("the psycopg driver is not installed (pip install -e .)")
         self.bindir, self.port = bindir, free_port()
