@@ -39,10 +39,10 @@ class _ThawHandler(logging.StreamHandler):
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     """Set the root logger's level and its one Thaw handler (on stderr), which Python's warnings go through too.
-    Calling it again replaces that handler, so an entry point reached twice in a process (the API factory in tests)
-    does not print each line twice."""
+    It replaces the plain stream handlers on the root (`logging.basicConfig`'s) and the one an earlier call installed,
+    so no line is printed twice (the CLI's basicConfig, the API factory reached twice in a process)."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, _ThawHandler)]:
+    for handler in [h for h in root.handlers if isinstance(h, _ThawHandler) or type(h) is logging.StreamHandler]:
         root.removeHandler(handler)
     handler = _ThawHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(PLAIN_FORMAT))

@@ -153,6 +153,7 @@ def make_service_env(
         "THAW_BROKER_URL": redis_url,
         "THAW_BROKER_VISIBILITY_TIMEOUT": "4",
         "THAW_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024),
+        "THAW_LOG_LEVEL": "WARNING",
         "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         **({"THAW_DATABASE_URL": database_url} if database_url else {}),
     }

@@ -95,3 +95,12 @@ def test_plain_log_lines_and_the_level_setting(
     monkeypatch.setenv("THAW_LOG_LEVEL", "LOUD")
     with pytest.raises(ValueError, match="THAW_LOG_LEVEL must be one of DEBUG, INFO"):
         Settings()
+
+
+def test_an_earlier_basic_config_does_not_print_each_line_twice(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, force=True)  # what the CLI does before it builds the app
+    configure_logging("INFO", json_lines=True)
+    configure_logging("INFO", json_lines=True)  # an entry point reached twice
+    logging.getLogger("thaw.test").info("once")
+    err = capsys.readouterr().err.splitlines()
+    assert [json.loads(line)["message"] for line in err] == ["once"]
