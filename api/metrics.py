@@ -3,6 +3,7 @@ right whichever process ran the jobs) and the served model version — beside th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from thaw.schema import UNFINISHED, JobKind, JobStatus
 
 KINDS: tuple[str, ...] = JobKind.__args__  # type: ignore[attr-defined]
 ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
+log = logging.getLogger(__name__)
 
 
 class ServiceCollector(Collector):
@@ -26,8 +28,13 @@ class ServiceCollector(Collector):
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
-        with self.runtime.session() as session:
-            counts = jobs.status_counts(session)
+        try:
+            with self.runtime.session() as session:
+                counts = jobs.status_counts(session)
+            version = active_collection_version(self.runtime.index)
+        except Exception:  # the database or index is unreachable: /metrics still answers, with the HTTP metrics
+            log.warning("service metrics unavailable", exc_info=True)
+            return
         depth = GaugeMetricFamily(
             "thaw_job_queue_depth", "Jobs waiting (queued) or being worked on (running)", labels=["kind", "status"]
         )
@@ -44,7 +51,6 @@ class ServiceCollector(Collector):
         yield depth
         yield ended
         model = InfoMetricFamily("thaw_model", "The model version served (absent before the first one is indexed)")
-        version = active_collection_version(self.runtime.index)
         if version is not None:
             model.add_metric([], {"version": version})
         yield model

@@ -104,3 +104,16 @@ def test_an_earlier_basic_config_does_not_print_each_line_twice(capsys: pytest.C
     logging.getLogger("thaw.test").info("once")
     err = capsys.readouterr().err.splitlines()
     assert [json.loads(line)["message"] for line in err] == ["once"]
+
+
+def test_metrics_answer_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    rt = build_runtime(settings)
+    client = TestClient(create_app(settings, runtime=rt))
+    (tmp_path / "services.db").unlink()
+    (tmp_path / "services.db").mkdir()  # a directory where the database file was: every connection fails
+    rt.engine.dispose()
+    resp = client.get("/metrics")
+    assert resp.status_code == 200 and "thaw_http_requests_total" in resp.text
+    assert "thaw_job_queue_depth" not in resp.text
+    rt.close()
