@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     keep_versions: int = 3  # versions whose collections are kept after a switch (serving, target, previous always)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL
     log_json: bool = False  # one JSON object per log line (for log shippers) instead of plain text
+    worker_metrics_port: int | None = None  # a `celery worker` process serves its encode seconds here (Prometheus)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from services import jobs
 from services.db import Job, make_engine, utcnow
 from services.media_store import MediaStore
+from tests.helpers import free_port
 from tests.integration.conftest import ApiServer, PostgresServer, Worker, make_service_env, wait_job
 from thaw.schema import JobStatus
 
@@ -65,7 +66,10 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = client.get("/metrics").text
+    return parse(client.get("/metrics").text)
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -86,12 +90,15 @@ def test_an_upload_becomes_servable_on_postgres_seen_in_metrics_and_logs(
     assert before[depth] == 2  # no worker yet: both wait
     MediaStore(Path(pg_env["THAW_DATA_DIR"]) / "media").delete("pg-broken")  # its original is lost before it runs
 
-    worker = Worker(pg_env, "pg", log=logs / "worker.log")
+    metrics_port = free_port()
+    worker = Worker({**pg_env, "THAW_WORKER_METRICS_PORT": str(metrics_port)}, "pg", log=logs / "worker.log")
     try:
         done = wait_job(client, ok.json()["job_id"], timeout=90)
         failed = wait_job(client, bad.json()["job_id"], timeout=90)
+        encoded = parse(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
     finally:
         worker.stop()
+    assert encoded[("thaw_encode_seconds_count", (("modality", "text"),))] == 1  # the worker encoded one text
     assert done["status"] == "succeeded", done
     assert failed["status"] == "failed" and "missing from the media store" in failed["error"], failed
     item = client.get("/items/pg-text").json()
