@@ -153,7 +153,7 @@ def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
     (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
     fields: dict[str, Any] = {"job_id": job.job_id, "kind": job.kind, "item_id": job.item_id, "event": event}
     text = f"job {job.job_id} {event}: {job.kind}" + (f" of {job.item_id}" if job.item_id else "")
-    if event != "queued":
+    if job.attempts:  # embedding jobs count their tries; a re-embedding job's items are tried in chunks
         fields["attempt"] = job.attempts
     if job.finished_at is not None:
         since = job.started_at or job.created_at

@@ -180,8 +180,8 @@ def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
         if JobStatus(job.status).finished:
             return job.status
         job.status, job.started_at, job.attempts = JobStatus.RUNNING, utcnow(), job.attempts + 1
+        log_job(job, "started")  # before the commit, which expires what the line reads
         session.commit()
-        log_job(job, "started")
         record = session.get(ItemRecord, item_id)
         try:
             if record is None:

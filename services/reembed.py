@@ -284,13 +284,11 @@ def run_chunk(rt: Runtime, job_id: str, item_ids: list[str]) -> str:
             return "unknown"
         if JobStatus(job.status).finished:
             return job.status
-        started = job.status == JobStatus.QUEUED
-        if started:
+        if job.status == JobStatus.QUEUED:
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
+            log_job(job, "started")
         rj.touched_at = utcnow()
         session.commit()
-        if started:
-            log_job(job, "started")
         rows = _pending(session, job_id, item_ids)
         if rows:
             _embed_rows(rt, session, rj.target_version, rows)

@@ -117,3 +117,20 @@ def test_metrics_answer_while_the_database_is_unreachable(tmp_path: Path) -> Non
     assert resp.status_code == 200 and "thaw_http_requests_total" in resp.text
     assert "thaw_job_queue_depth" not in resp.text
     rt.close()
+
+
+def test_the_embedded_worker_logs_each_job_s_life(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from thaw.client import wait_job
+
+    settings = Settings(data_dir=tmp_path)
+    rt = build_runtime(settings)
+    plant_version(rt.registry.root, "v1", dim=3, embedding_dims={"text": 3}, modalities=["text"])  # no weights
+    ensure_collections(rt.index, "v1", 3, {"text": 3})
+    activate(rt.index, "v1")
+    caplog.set_level(logging.INFO, logger="thaw.jobs")
+    with TestClient(create_app(settings, runtime=rt)) as client:
+        resp = client.post("/items", json={"item_id": "e1", "metadata": {"title": "a night in the city"}})
+        job = wait_job(client, resp.json()["job_id"], timeout=60)
+    lines = [r for r in caplog.records if r.name == "thaw.jobs"]
+    assert [(r.job_id, r.event) for r in lines] == [(job["job_id"], e) for e in ("queued", "started", "failed")]
+    assert lines[-1].reason == job["error"] and lines[-1].item_id == "e1" and lines[-1].levelno == logging.WARNING
