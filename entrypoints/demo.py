@@ -4,6 +4,7 @@ cold-start quality. `Server` runs the API on a thread of this process (the demo'
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -71,7 +72,7 @@ def run_demo(ds: Dataset, split: Split, data_dir: Path, *, seed: int = 0, progre
 
     if data_dir.exists():
         shutil.rmtree(data_dir)
-    settings = Settings(data_dir=data_dir)
+    settings = Settings(data_dir=data_dir, log_level=os.environ.get("THAW_LOG_LEVEL", "WARNING"))  # a report, not a log
     rt = build_runtime(settings)
     t0 = time.perf_counter()
     model = train(ds, split, TrainConfig(seed=seed), progress=progress)

@@ -19,7 +19,7 @@ from indexer.collections import active_collection_version
 from indexer.search import Hit, get_item, get_items, similar
 from indexer.writer import delete_items
 from services import experiments
-from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, utcnow
+from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.jobs import record_dispatch
 from services.runtime import Runtime
@@ -115,6 +115,7 @@ def _save(
         record_dispatch(job)
         session.add(job)
         session.commit()
+        log_job(job, "queued")
         job_id = job.job_id
     try:
         dispatcher.embed(item_id, job_id)

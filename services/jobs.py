@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services import reembed
-from services.db import Job, as_utc, running_reembeds, utcnow
+from services.db import Job, as_utc, finish_job, running_reembeds, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.runtime import Runtime
 from thaw.errors import NotFoundError
@@ -99,6 +99,13 @@ def resume(rt: Runtime, dispatcher: Dispatcher, job_id: str) -> int:
     return len(chunks)
 
 
+def status_counts(session: Session) -> dict[tuple[str, str], int]:
+    """The jobs recorded, by (kind, status), in one grouped count: queued and running are the queue's depth, succeeded
+    and failed the outcomes (of jobs whose item still exists: deleting an item deletes its jobs)."""
+    rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+    return {(str(kind), str(status)): int(n) for kind, status, n in rows}
+
+
 @dataclass(frozen=True)
 class SweepPolicy:
     """When an unfinished embedding job's message is presumed lost and sent again, and when to give up on it."""
@@ -172,10 +179,9 @@ def resend_embeds(rt: Runtime, dispatcher: Dispatcher, policy: SweepPolicy, *, e
             if seen >= policy.max_dispatches:
                 job = session.get(Job, job_id)
                 if job is not None and not JobStatus(job.status).finished:
-                    job.status, job.finished_at = JobStatus.FAILED, now
-                    job.error = f"sent {seen} times without finishing (messages lost, or workers died on it)"
+                    reason = f"sent {seen} times without finishing (messages lost, or workers died on it)"
+                    finish_job(job, JobStatus.FAILED, reason)
                     session.commit()
-                    log.warning("job %s failed: %s", job_id, job.error)
                 continue
             if not _claim(session, job_id, seen, now):
                 continue  # another sweep sent it, or it finished meanwhile
