@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 export OPENBLAS_NUM_THREADS = 1
 
-.PHONY: demo test test-unit lint redis bench clean
+.PHONY: demo test test-unit lint redis postgres bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+
+# The integration tier starts its own throwaway cluster with Debian's server binaries (initdb, pg_ctl).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }
 
 demo: $(STAMP)
 	$(BIN)/thaw demo --json out/demo.json
@@ -30,7 +34,7 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration and not slow"
 
-test: $(STAMP) redis lint
+test: $(STAMP) redis postgres lint
 	$(BIN)/pytest -q -m "" --durations=15
 
 bench: $(STAMP)

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, ExitStack, asynccontextmanager
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
-from api import errors
+from api import errors, metrics
 from api.deps import read_one_version
 from api.middleware import Guard, Metrics, Scope
 from api.routes import experiments, health, items, jobs, models, users
@@ -48,6 +48,7 @@ def build_app(
     app.state.reembed_defaults = reembed_defaults or ReembedDefaults()
     registry = CollectorRegistry()
     app.state.metrics_registry = registry
+    metrics.register(registry, runtime)
     upload_limit = 2 * runtime.limits.max_upload_bytes + MAX_METADATA_BYTES + 64 * 1024  # two files, metadata, framing
 
     def body_limit(scope: Scope) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -11,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thaw.errors import InvalidInputError, TooLargeError
-from thaw.schema import JobStatus, VectorName, check_id
+from thaw.schema import JobStatus, Modality, VectorName, check_id
 
 MetadataValue = str | int | float | bool | list[str | int | float] | None
 MAX_METADATA_BYTES = 1024 * 1024  # an item's metadata as JSON, however it arrives
@@ -132,6 +134,52 @@ def parse_filter(raw: str | None) -> dict[str, str | int | bool] | None:
     return check_filter(match)
 
 
+MAX_PAGE = 500  # items, events or jobs per page
+DEFAULT_PAGE = 50
+
+
+def encode_cursor(kind: str, *key: str | int) -> str:
+    """An opaque page cursor: where the previous page stopped, for one listing (`kind`), as URL-safe base64."""
+    raw = json.dumps([kind, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str | None, *types: type) -> tuple[Any, ...] | None:
+    """The key an `encode_cursor(kind, ...)` cursor holds, its parts of `types` (None without a cursor);
+    InvalidInputError for anything else (another listing's cursor, an edited one)."""
+    if not cursor:
+        return None
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        raw = None
+    ok = isinstance(raw, list) and len(raw) == len(types) + 1 and raw[0] == kind
+    if not ok or not all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(raw[1:], types, strict=True)):
+        raise InvalidInputError(f"cursor is not one this API gave for {kind}: pass next_cursor of the previous page")
+    return tuple(raw[1:])
+
+
+def moment_cursor(kind: str, cursor: str | None, tiebreak: type) -> tuple[datetime, Any] | None:
+    """A cursor holding (an ISO 8601 UTC moment, a tie-breaking id)."""
+    key = decode_cursor(kind, cursor, str, tiebreak)
+    if key is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(key[0])
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None or (tiebreak is str and check_id_or_none(key[1]) is None):
+        raise InvalidInputError(f"cursor is not one this API gave for {kind}: pass next_cursor of the previous page")
+    return moment.astimezone(UTC), key[1]
+
+
+def check_id_or_none(value: object) -> str | None:
+    try:
+        return check_id(value)
+    except InvalidInputError:
+        return None
+
+
 class ItemPatch(BaseModel):
     """PATCH /items/{item_id}: metadata fields to set (null removes a field); the item's media are kept."""
 
@@ -151,6 +199,22 @@ class ItemPublic(ItemBase):
     interactions: int = 0
     created_at: UtcDatetime | None = None
     job: dict[str, Any] | None = None
+
+
+class ItemSummary(ItemBase):
+    """An item as the catalogue lists it (from the database): its modalities as uploaded, and whether the served
+    version holds its point."""
+
+    modalities: list[Modality]
+    revision: int
+    indexed: bool
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class ItemPage(BaseModel):
+    items: list[ItemSummary]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: the last page")
 
 
 class ItemFailure(BaseModel):
@@ -190,6 +254,11 @@ class JobPublic(BaseModel):
     progress: JobProgress | None = None
 
 
+class JobPage(BaseModel):
+    jobs: list[JobPublic] = Field(description="newest first; without `progress` (GET /jobs/{job_id} has it)")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: the last page")
+
+
 PayloadMatch = dict[str, str | int | bool]
 
 
@@ -226,6 +295,14 @@ class ModelVersionPublic(BaseModel):
     indexed: bool  # its items and users collections exist
     items: int | None = None  # points in its items collection
     served: bool
+    trained_at: UtcDatetime | None = None
+    alpha: float | None = Field(default=None, description="the CF/content blend chosen on validation")
+    data: dict[str, int | None] = Field(
+        default_factory=dict, description="what it was trained on: items (warm), users, interactions"
+    )
+    validation: dict[str, float] = Field(
+        default_factory=dict, description="internal validation figures: cold_val_ndcg@20, n_val_users"
+    )
 
 
 class ModelVersions(BaseModel):
@@ -251,9 +328,23 @@ class SimilarItems(BaseModel):
     items: list[ScoredItem]
 
 
+class Explanation(BaseModel):
+    """Why an item is in the list (with `explain=true`)."""
+
+    source: str = Field(
+        description='"history": `items` are the user\'s history items whose content vectors are closest to this '
+        "item's, the largest terms of the content similarity in its score, with their cosines in `similarity`; "
+        'otherwise the signal that ranked it alone: "cf" (the user\'s CF factors), "popularity" (the fallback), or '
+        "an experiment arm's policy"
+    )
+    items: list[str] = Field(default_factory=list, description="history item ids, the strongest first (up to 3)")
+    similarity: list[float] = Field(default_factory=list)
+
+
 class RecommendedItem(ScoredItem):
     cold: bool | None = None  # no interactions when served
     team: str | None = None  # interleaving: the arm that drafted this position
+    because: Explanation | None = Field(default=None, description="with explain=true: why this item is here")
 
 
 class Recommendations(BaseModel):
@@ -264,6 +355,9 @@ class Recommendations(BaseModel):
     items: list[RecommendedItem]
     experiment_id: str | None = None  # set when the list was served (and logged) for a running experiment
     arm: str | None = None  # the user's arm (None in an interleaving experiment: both arms are in the list)
+    fallback: str | None = Field(
+        default=None, description='"popularity" for a user the model cannot place: the most-interacted warm items'
+    )
 
 
 class EventIn(BaseModel):
@@ -287,6 +381,20 @@ class EventIn(BaseModel):
     @classmethod
     def _ids(cls, v: object) -> str:
         return check_id(v, "id")
+
+
+class PastEventPublic(BaseModel):
+    item_id: str
+    weight: float
+    type: str
+    rec_id: str | None = None
+    timestamp: UtcDatetime
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    events: list[PastEventPublic] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: the last page")
 
 
 class EventsAccepted(BaseModel):

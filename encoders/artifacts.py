@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from encoders import vision as vision_encoder
 from encoders.features import EncodedItem, ItemInput, Table, features
 from encoders.fusion import MODALITY_ORDER, ThawNet
 from encoders.tags import TagFactors, TagVocab
-from thaw.registry import FACTORS, ModelConfig, Registry
+from thaw.registry import FACTORS, METRICS, ModelConfig, Registry
 
 
 def library_versions() -> dict[str, str]:
@@ -116,20 +117,26 @@ class ThawModel:
         return table.with_vocab(self.vocab).with_tag_factors(self.tag_factors)
 
     @torch.inference_mode()
-    def encode(self, items: list[ItemInput]) -> list[EncodedItem]:
+    def encode(self, items: list[ItemInput], timings: dict[str, float] | None = None) -> list[EncodedItem]:
+        """Each item's predicted CF factors and per-modality embeddings; `timings` (when given) gets the seconds each
+        modality's encoder took on the batch (audio: the log-mels and the audio network)."""
         if not items:
             return []
-        feats, mel, owner, masks = features(items)
+        clock = timings if timings is not None else {}
+        feats, mel, owner, masks = features(items, clock)
         feats["tags"] = torch.from_numpy(self.vocab.transform([it.tags for it in items]))
         feats["tag_factors"] = torch.from_numpy(self.tag_factors.transform([it.tags for it in items]))
         empty = [items[i].item_id for i in range(len(items)) if not masks[i].any()]
         if empty:
             raise ValueError(f"items {empty[:5]} have no text, image or audio to encode")
+        start = time.perf_counter()
         feats["audio"] = (
             self.net.audio_embedding(mel, owner, len(items))
             if len(owner)
             else torch.zeros(len(items), int(self.net.config["audio_dim"]))
         )
+        if len(owner):
+            clock["audio"] = clock.get("audio", 0.0) + time.perf_counter() - start
         fused, _ = self.net(feats, masks)
         out = []
         for i in range(len(items)):
@@ -151,7 +158,7 @@ class ThawModel:
         (directory / "tags.json").write_text(json.dumps(self.vocab.to_json()))
         (directory / "tag_factors.json").write_text(json.dumps(self.tag_factors.to_json()))
         save_np(self.tag_factors.arrays(), directory / "tag_factors.safetensors")
-        (directory / "metrics.json").write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        (directory / METRICS).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
         (directory / "versions.json").write_text(json.dumps(library_versions(), indent=2))
         self.config.write(directory)  # last: a directory is a version once its config exists
 
@@ -162,7 +169,7 @@ class ThawModel:
         net.load_state_dict(load_file(directory / "weights.safetensors"))
         factors = load_np(directory / FACTORS)
         ids = json.loads((directory / "ids.json").read_text())
-        metrics = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
+        metrics = json.loads((directory / METRICS).read_text()) if (directory / METRICS).exists() else {}
         return cls(
             net,
             config=config,

@@ -4,6 +4,7 @@ table that training and evaluation read (the backbones run once per catalogue)."
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,10 @@ class EncodedItem:
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]  # feats, mels, mel owner, masks
 
 
-def features(items: list[ItemInput]) -> Batch:
-    """Frozen-backbone features, audio log-mels and the modality mask of a batch."""
+def features(items: list[ItemInput], timings: dict[str, float] | None = None) -> Batch:
+    """Frozen-backbone features, audio log-mels and the modality mask of a batch; `timings` (when given) gets the
+    seconds each modality took (modalities absent from the batch are left out)."""
+    clock = timings if timings is not None else {}
     n = len(items)
     masks = torch.tensor(
         [[it.text is not None and bool(it.text), it.image is not None, it.audio is not None] for it in items],
@@ -51,16 +54,23 @@ def features(items: list[ItemInput]) -> Batch:
     feats = {"text": torch.zeros(n, text_encoder.TEXT_DIM), "image": torch.zeros(n, vision_encoder.IMAGE_DIM)}
     idx = [i for i in range(n) if masks[i, 0]]
     if idx:
+        start = time.perf_counter()
         feats["text"][idx] = torch.from_numpy(text_encoder.embed_texts([items[i].text or "" for i in idx]))
+        clock["text"] = time.perf_counter() - start
     idx = [i for i in range(n) if masks[i, 1]]
     if idx:
+        start = time.perf_counter()
         feats["image"][idx] = torch.from_numpy(vision_encoder.embed_images([items[i].image for i in idx]))  # type: ignore[misc]
+        clock["image"] = time.perf_counter() - start
     mels, owner = [], []
+    start = time.perf_counter()
     for i, it in enumerate(items):
         if it.audio is not None:
             m = log_mel_crops(it.audio)
             mels.append(m)
             owner += [i] * len(m)
+    if mels:
+        clock["audio"] = time.perf_counter() - start
     mel = torch.cat(mels) if mels else torch.zeros(0, N_MELS, 188)
     return feats, mel, torch.tensor(owner, dtype=torch.long), masks
 

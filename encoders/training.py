@@ -454,6 +454,7 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         "content_pull": s.pull,
         "stages": stages,
         "n_val_users": len(s.val_pos),
+        "n_interactions": len(s.events),
         "n_tags": len(s.vocab),
         "n_tag_factor_fields": len(s.tag_factors.fields),
     }

@@ -8,15 +8,17 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    import httpx
+    from thaw.client import Job, ThawClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -112,51 +114,44 @@ def ingest(
     wait: bool = True,
 ) -> None:
     """Upload one item to a running service and wait until it is servable."""
-    from thaw.client import wait_job
-
-    files = {f: (p.name, p.read_bytes()) for f, p in (("image", image), ("audio", audio)) if p is not None}
+    try:
+        fields = json.loads(metadata)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--metadata must be a JSON object: {exc}") from exc
+    if not isinstance(fields, dict):
+        raise typer.BadParameter(f"--metadata must be a JSON object, got {type(fields).__name__}")
     with _api(url) as client:
-        job = _ok(client.post("/items", data={"item_id": item_id, "metadata": metadata}, files=files or None))
-        if wait:
-            job = wait_job(client, job["job_id"])
+        accepted = client.upload_item(item_id, fields, image=image, audio=audio)
+        job = client.wait_job(accepted["job_id"]) if wait else accepted
         console.print_json(json.dumps(job))
 
 
-def _api(url: str, timeout: float = 60) -> httpx.Client:
+@contextmanager
+def _api(url: str, timeout: float = 60) -> Iterator[ThawClient]:
     """A client of a running service, sending the first of THAW_API_KEYS (the API's own variable) as X-API-Key. A
-    service that cannot be reached ends the command with one line saying so (exit code 1), not a traceback."""
+    service that cannot be reached, or an error answer, ends the command with one line saying so (exit code 1), not a
+    traceback."""
     import httpx
 
+    from thaw.client import ThawAPIError, ThawClient
     from thaw.settings import Settings
 
-    class Transport(httpx.HTTPTransport):
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            try:
-                return super().handle_request(request)
-            except httpx.TransportError as exc:
-                reason = str(exc) or type(exc).__name__
-                console.print(
-                    f"[red]cannot reach the Thaw service at {url}[/]: {reason} (is `thaw serve` running?)",
-                    soft_wrap=True,
-                )
-                raise typer.Exit(1) from None
-
     keys = Settings().api_keys
-    headers = {"X-API-Key": keys[0]} if keys else {}
-    return httpx.Client(base_url=url, timeout=timeout, headers=headers, transport=Transport())
+    try:
+        with ThawClient(url, api_key=keys[0] if keys else None, timeout=timeout) as client:
+            yield client
+    except httpx.TransportError as exc:
+        reason = str(exc) or type(exc).__name__
+        console.print(
+            f"[red]cannot reach the Thaw service at {url}[/]: {reason} (is `thaw serve` running?)", soft_wrap=True
+        )
+        raise typer.Exit(1) from None
+    except ThawAPIError as exc:
+        console.print(f"[red]{exc.status_code}[/] {exc.reason}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
-def _ok(resp: httpx.Response) -> dict[str, Any]:
-    """The response's JSON body; an error status prints the service's reason and exits 1."""
-    if resp.status_code >= 400:
-        is_json = resp.headers.get("content-type", "").startswith("application/json")
-        console.print(f"[red]{resp.status_code}[/] {resp.json().get('detail') if is_json else resp.text}")
-        raise typer.Exit(1)
-    body: dict[str, Any] = resp.json()
-    return body
-
-
-def _watch(client: httpx.Client, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+def _watch(client: ThawClient, job_id: str, poll_s: float = 0.5) -> Job:
     """A progress bar over a re-embedding job until it finishes; returns the final job."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -164,8 +159,8 @@ def _watch(client: httpx.Client, job_id: str, poll_s: float = 0.5) -> dict[str, 
     with Progress(*columns, TextColumn("{task.fields[figures]}"), console=console) as bar:
         task = bar.add_task(f"re-embedding ({job_id})", total=None, figures="")
         while True:
-            job = _ok(client.get(f"/jobs/{job_id}"))
-            p = job.get("progress") or {}
+            job = client.get_job(job_id)
+            p = job["progress"] or {}
             rate, eta = p.get("items_per_s"), p.get("eta_s")
             figures = f"{rate} items/s, ETA {eta} s" if rate is not None else "waiting for workers"
             bar.update(
@@ -199,20 +194,16 @@ def reembed(
         raise typer.BadParameter("give --model VERSION to start a job, or --resume JOB_ID to resume one")
     with _api(url) as client:
         if resume is not None:
-            job_id = _ok(client.post(f"/jobs/{resume}/resume"))["job_id"]
+            job_id = client.resume_job(resume)["job_id"]
         else:
-            body = {
-                "model_version": model,
-                "filter": json.loads(filter) if filter else None,
-                "max_failed_share": max_failed_share,
-            }
-            started = _ok(client.post("/jobs/reembed", json=body))
+            match = json.loads(filter) if filter else None
+            started = client.reembed(str(model), filter=match, max_failed_share=max_failed_share)
             job_id = started["job_id"]
             console.print(f"job [bold]{job_id}[/]: {started['total']} items into {model}, {started['chunks']} chunks")
         if not wait:
             return
         job = _watch(client, job_id)
-    p = job["progress"]
+    p = job["progress"] or {}
     if p["failures"]:
         table = Table(title=f"{p['failed']} failed items" + (" (first 100)" if p["failed"] > 100 else ""))
         table.add_column("item")
@@ -231,14 +222,28 @@ def reembed(
 
 @app.command()
 def models(url: str = "http://127.0.0.1:8000") -> None:
-    """List model versions: vector sizes, whether indexed (points), which is served."""
+    """List model versions: when trained, on how much data (items/users/interactions), alpha, the internal validation
+    NDCG@20, vector size, points indexed, which is served."""
     with _api(url) as client:
-        listing = _ok(client.get("/models"))
+        listing = client.list_models()
     table = Table(title=f"served: {listing['served']}")
-    for col in ("version", "dim", "indexed", "items", "served"):
+    for col in ("version", "trained", "items/users/interactions", "alpha", "val NDCG@20", "dim", "indexed", "served"):
         table.add_column(col)
     for v in listing["versions"]:
-        table.add_row(v["version"], str(v["dim"]), str(v["indexed"]), str(v["items"] or ""), "*" if v["served"] else "")
+        data = "/".join(
+            "?" if v["data"].get(k) is None else str(v["data"][k]) for k in ("items", "users", "interactions")
+        )
+        ndcg = v["validation"].get("cold_val_ndcg@20")
+        table.add_row(
+            v["version"],
+            (v["trained_at"] or "")[:16].replace("T", " "),
+            data,
+            "" if v["alpha"] is None else f"{v['alpha']:.2f}",
+            "" if ndcg is None else f"{ndcg:.4f}",
+            str(v["dim"]),
+            "" if v["items"] is None else str(v["items"]),
+            "*" if v["served"] else "",
+        )
     console.print(table)
     if listing["running_job"]:
         console.print(f"re-embedding job running: {listing['running_job']}")
@@ -248,7 +253,7 @@ def models(url: str = "http://127.0.0.1:8000") -> None:
 def activate(version: str, url: str = "http://127.0.0.1:8000") -> None:
     """Serve a kept model version at once (rollback): one atomic alias swap."""
     with _api(url) as client:
-        done = _ok(client.post(f"/models/{version}/activate"))
+        done = client.activate_model(version)
     console.print(f"serving {done['served']} (was {done['previous']})")
     if done["catch_up_job"]:
         console.print(f"catch-up job {done['catch_up_job']} re-embeds items changed since; watch it with GET /jobs/ID")
@@ -460,7 +465,7 @@ def ab_report(
     from thaw.experiments.report import chart_png
 
     with _api(url, timeout=120) as client:
-        report = _ok(client.get(f"/experiments/{experiment_id}/report"))
+        report = client.experiment_report(experiment_id)
     _print_report(report, f"experiment {experiment_id}")
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))

@@ -12,6 +12,7 @@ from celery import Celery
 from fastapi import FastAPI
 
 from api.main import Background, build_app
+from entrypoints.logs import configure_logging
 from indexer.collections import Index
 from services import jobs
 from services.db import make_engine
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     (one owner of embedded storage), and unfinished jobs are sent again at start-up. In every mode the job sweep
     (the outbox) runs beside the API and sends again the jobs whose messages were lost."""
     settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
     rt = runtime or build_runtime(settings)
     celery = build_celery(settings)
     dispatcher = CeleryDispatcher(celery)

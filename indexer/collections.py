@@ -176,6 +176,12 @@ def indexed_versions(index: Index) -> list[str]:
     return sorted((v for v in found if collection_name(USERS, v) in names), key=version_key)
 
 
+def version_collections(index: Index, kind: str) -> list[str]:
+    """Every version's collection of `kind` (ITEMS or USERS), whatever its state: served, kept, being filled."""
+    prefix = f"{kind}__"
+    return [n for n in index.engine().collections() if n.startswith(prefix)]
+
+
 def optimize(index: Index, version: str) -> None:
     """Build the search indexes of a version's collections after a bulk load (before it is served)."""
     for kind in (ITEMS, USERS):

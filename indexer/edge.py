@@ -215,6 +215,11 @@ class EdgeEngine(Engine):
             if payload:
                 shard.update(qe.UpdateOperation.set_payload([pid], payload))
 
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if ids:
+            with self._write_lock:  # not between an upsert's read and its write
+                self._shard(collection).update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+
     def optimize(self, collection: str) -> None:
         """Build HNSW graphs and quantized copies for the points written so far. Holds the GIL for its duration
         (minutes per 100k items on two cores): call it after a bulk load, before the collection is served."""

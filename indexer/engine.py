@@ -147,6 +147,10 @@ class Engine(ABC):
     def update(self, collection: str, point: str, vectors: dict[str, np.ndarray], payload: dict[str, Any]) -> None:
         """Replace some named vectors and set some payload fields of one stored point."""
 
+    @abstractmethod
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        """Remove these points (ids absent from the collection are ignored)."""
+
     def optimize(self, collection: str) -> None:  # noqa: B027 - a server indexes on its own
         """Build the collection's search index now (after a bulk load); engines that index on their own ignore it."""
 

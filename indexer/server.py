@@ -137,5 +137,9 @@ class ServerEngine(Engine):
         if payload:
             self.client.set_payload(collection, payload=payload, points=[point], wait=True)
 
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if ids:
+            self.client.delete(collection, points_selector=qm.PointIdsList(points=list(ids)), wait=True)
+
     def close(self) -> None:
         self.client.close()

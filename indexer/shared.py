@@ -46,6 +46,7 @@ _OPS = frozenset(
         "scroll",
         "write",
         "update",
+        "delete",
         "upsert",
         "optimize",
     }
@@ -226,6 +227,9 @@ class RemoteEngine(Engine):
     def update(self, collection: str, point: str, vectors: dict[str, np.ndarray], payload: dict[str, Any]) -> None:
         self.call("update", collection, point, vectors, payload)
 
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        self.call("delete", collection, list(ids))
+
     def upsert(self, collection: str, points: Sequence[Record], *, keep_cf: bool, guarded: bool) -> list[str]:
         return list(self.call("upsert", collection, list(points), keep_cf=keep_cf, guarded=guarded))
 
@@ -345,6 +349,9 @@ class SharedEngine(Engine):
 
     def update(self, collection: str, point: str, vectors: dict[str, np.ndarray], payload: dict[str, Any]) -> None:
         self._do(lambda e: e.update(collection, point, vectors, payload))
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        self._do(lambda e: e.delete(collection, ids))
 
     def upsert(self, collection: str, points: Sequence[Record], *, keep_cf: bool, guarded: bool) -> list[str]:
         return self._do(lambda e: e.upsert(collection, points, keep_cf=keep_cf, guarded=guarded))

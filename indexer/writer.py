@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from indexer.collections import Index
+from indexer.collections import ITEMS, USERS, Index, version_collections
 from indexer.engine import Record, with_twins
-from thaw.schema import CF, point_id, user_point_id
+from thaw.schema import CF, SIMILARITY_VECTORS, point_id, user_point_id
 
 
 @dataclass
@@ -51,6 +51,16 @@ def set_item_cf(index: Index, collection: str, item_id: str, cf: np.ndarray, int
     )
 
 
+def clear_item_cf(index: Index, collection: str, item_id: str, interactions: int) -> None:
+    """Drop an item's CF vector (and its cosine twin) and set its interaction count: the point is rewritten whole."""
+    engine, name = index.engine(), index.collection(collection)
+    found = engine.retrieve(name, [point_id(item_id)], True, True)
+    if found:
+        point, dropped = found[0], {CF, SIMILARITY_VECTORS[CF]}
+        vectors = {k: v for k, v in point.vectors.items() if k not in dropped}
+        engine.write(name, [Record(point.id, dict(point.payload, interactions=interactions), vectors)])
+
+
 def upsert_users(
     index: Index, collection: str, user_ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]
 ) -> None:
@@ -61,3 +71,22 @@ def upsert_users(
     engine, name = index.engine(), index.collection(collection)
     for start in range(0, len(records), 2048):
         engine.write(name, records[start : start + 2048])
+
+
+def delete_items(index: Index, item_ids: Sequence[str]) -> list[str]:
+    """Remove the items' points from every version's items collection; returns the collections that held one."""
+    return _delete_everywhere(index, ITEMS, [point_id(i) for i in item_ids])
+
+
+def delete_users(index: Index, user_ids: Sequence[str]) -> list[str]:
+    """Remove the users' points from every version's users collection; returns the collections that held one."""
+    return _delete_everywhere(index, USERS, [user_point_id(u) for u in user_ids])
+
+
+def _delete_everywhere(index: Index, kind: str, ids: list[str]) -> list[str]:
+    engine, held = index.engine(), []
+    for name in version_collections(index, kind):
+        if engine.retrieve(name, ids, False, False):
+            held.append(name)
+        engine.delete(name, ids)  # even where none was read: a write may have landed since
+    return held

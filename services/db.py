@@ -3,6 +3,7 @@ experiments and exposures (SQLAlchemy)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -142,6 +144,34 @@ def as_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+SCHEMA_LOCK = 0x7468_6177  # the advisory lock that serializes schema creation on PostgreSQL ("thaw")
+JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, succeeded, failed
+
+
+def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
+    """One lifecycle line of a job, with its id, kind, item, attempt, and (once it ended) the seconds since it started
+    (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
+    fields: dict[str, Any] = {"job_id": job.job_id, "kind": job.kind, "item_id": job.item_id, "event": event}
+    text = f"job {job.job_id} {event}: {job.kind}" + (f" of {job.item_id}" if job.item_id else "")
+    if job.attempts:  # embedding jobs count their tries; a re-embedding job's items are tried in chunks
+        fields["attempt"] = job.attempts
+    if job.finished_at is not None:
+        since = job.started_at or job.created_at
+        if since is not None:
+            fields["duration_s"] = round((as_utc(job.finished_at) - as_utc(since)).total_seconds(), 3)
+            text += f" in {fields['duration_s']}s"
+        if job.error:
+            fields["reason"] = job.error
+            text += f" ({job.error})"
+    JOB_LOG.log(level, "%s", text, extra=fields)
+
+
+def finish_job(job: Job, status: str, error: str | None = None) -> None:
+    """Mark a job finished now (the caller commits) and log it: every job ends through here."""
+    job.status, job.error, job.finished_at = status, error, utcnow()
+    log_job(job, status, level=logging.WARNING if status == "failed" else logging.INFO)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for any SQLAlchemy URL; SQLite gets WAL and a busy timeout so API and workers can share it."""
     is_sqlite = url.startswith("sqlite")
@@ -155,24 +185,26 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
-    Base.metadata.create_all(engine)
-    upgrade(engine)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":  # API and worker processes start at once: one creates, the others wait
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        Base.metadata.create_all(conn)
+        upgrade(conn)
     return engine
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(conn: Connection) -> None:
     """Add the columns a newer Thaw declares to tables an older one created (create_all adds only tables)."""
-    inspector = inspect(engine)
+    inspector = inspect(conn)
     for table in Base.metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in present:
                 continue
-            ddl = column.type.compile(engine.dialect)
+            ddl = column.type.compile(conn.dialect)
             server_default = column.server_default
             default = f" DEFAULT {server_default.arg}" if isinstance(server_default, DefaultClause) else ""
-            with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
 
 
 def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:

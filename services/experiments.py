@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
 from indexer.search import count, get_items, payload_filter
@@ -101,6 +102,21 @@ def get(session: Session, experiment_id: str) -> Experiment:
     return record
 
 
+def forget_item(session: Session, item_id: str) -> None:
+    """Take a deleted item out of every exposure that showed it (the other positions keep theirs)."""
+    shown = select(Exposure).where(cast(Exposure.items, String).contains(item_id, autoescape=True))
+    for row in session.scalars(shown):
+        kept = [i for i in row.items if i.get("item_id") != item_id]
+        if len(kept) != len(row.items):
+            row.items = kept
+
+
+def forget_user(session: Session, user_id: str) -> int:
+    """Delete a user's exposures (their rec_ids, arms and lists); returns how many there were."""
+    result = session.execute(sql_delete(Exposure).where(Exposure.user_id == user_id))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def interleave(a: Served, b: Served, k: int, rec_id: str, teams: tuple[str, str]) -> tuple[Served, list[str]]:
     """Team-draft interleaving of two served lists (coin flips seeded by the rec_id); returns the merged list, with
     each item's score and interactions from the list that drafted it, and the team of each position."""
@@ -114,6 +130,7 @@ def interleave(a: Served, b: Served, k: int, rec_id: str, teams: tuple[str, str]
         items,
         [source[t].scores[p] for t, p in pick],
         [source[t].interactions[p] for t, p in pick],
+        None if a.because is None or b.because is None else [(source[t].because or [])[p] for t, p in pick],
     )
     return merged, owner
 

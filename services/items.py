@@ -1,5 +1,6 @@
 """Services: items — ingest (media checked by decoding, originals kept, the record and a queued job written in one
-transaction, then the job sent to the workers), metadata changes, what is stored about an item, and similar items."""
+transaction, then the job sent to the workers), metadata changes, what is stored about an item, the catalogue page by
+page, deletion, and similar items."""
 
 from __future__ import annotations
 
@@ -11,17 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select, update
 
 from indexer.collections import active_collection_version
-from indexer.search import Hit, get_item, similar
-from services.db import ItemRecord, Job, utcnow
+from indexer.search import Hit, get_item, get_items, similar
+from indexer.writer import delete_items
+from services import experiments
+from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.jobs import record_dispatch
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
-from thaw.media import AUDIO_KINDS, IMAGE_KINDS, decode_audio, decode_image, sniff_kind
-from thaw.schema import JobStatus, item_text
+from thaw.media import AUDIO_KINDS, IMAGE_KINDS, MEDIA_MODALITIES, decode_audio, decode_image, sniff_kind
+from thaw.schema import MODALITIES, JobStatus, Modality, item_text
 
 log = logging.getLogger(__name__)
 _DECODES = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))  # decodes at once (memory and CPU)
@@ -111,6 +115,7 @@ def _save(
         record_dispatch(job)
         session.add(job)
         session.commit()
+        log_job(job, "queued")
         job_id = job.job_id
     try:
         dispatcher.embed(item_id, job_id)
@@ -147,3 +152,115 @@ def similar_items(
 ) -> list[Hit]:
     rt.active_version()  # 503 before any model is served
     return similar(rt.index, item_id, using, k, match)
+
+
+MAX_SCANNED = 5000  # records a catalogue page reads at most (a rare filter may give a short page, with a cursor)
+
+
+@dataclass
+class ListedItem:
+    item_id: str
+    metadata: dict[str, Any]
+    modalities: list[Modality]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+    indexed: bool  # has a point in the served collection
+
+
+def modalities_of(record: ItemRecord) -> list[Modality]:
+    """The modalities an item was uploaded with: text when its metadata has text fields, and its originals."""
+    sent = {"text"} if item_text(record.metadata_ or {}) else set()
+    return [m for m in MODALITIES if m in sent or m in (record.media or {})]
+
+
+def _matches(metadata: dict[str, Any], match: Mapping[str, str | int | bool]) -> bool:
+    """Each field equals its value, or, for a list field, holds it (as a payload filter matches)."""
+    for key, want in match.items():
+        value = metadata.get(key)
+        values = value if isinstance(value, list) else [value]
+        if not any(v == want and isinstance(v, bool) == isinstance(want, bool) for v in values):
+            return False
+    return True
+
+
+def catalogue(
+    rt: Runtime,
+    after: str | None,
+    limit: int,
+    *,
+    modality: str | None = None,
+    match: Mapping[str, str | int | bool] | None = None,
+) -> tuple[list[ListedItem], str | None]:
+    """The uploaded items in item-id order after `after`, those with `modality` and whose metadata matches `match`;
+    returns a page of at most `limit` and the id to continue after (None at the end). A page reads at most
+    MAX_SCANNED records: under a rare filter it may hold fewer than `limit` items and still have a continuation."""
+    page: list[ItemRecord] = []
+    scanned, last = 0, after
+    with rt.session() as session:
+        while len(page) < limit and scanned < MAX_SCANNED:
+            query = select(ItemRecord).order_by(ItemRecord.item_id).limit(min(500, MAX_SCANNED - scanned))
+            batch = list(session.scalars(query if last is None else query.where(ItemRecord.item_id > last)))
+            if not batch:
+                last = None
+                break
+            for record in batch:
+                scanned, last = scanned + 1, record.item_id
+                if (modality is None or modality in modalities_of(record)) and _matches(
+                    record.metadata_ or {}, match or {}
+                ):
+                    page.append(record)
+                    if len(page) == limit:
+                        break
+        if (
+            last is not None
+            and session.scalar(select(ItemRecord.item_id).where(ItemRecord.item_id > last).limit(1)) is None
+        ):
+            last = None  # nothing after it: the end
+        served = active_collection_version(rt.index) is not None
+        indexed = (
+            {h.item_id for h in get_items(rt.index, [r.item_id for r in page], vectors=False, fields=["item_id"])}
+            if served
+            else set()
+        )
+        listed = [
+            ListedItem(
+                r.item_id,
+                dict(r.metadata_ or {}),
+                modalities_of(r),
+                r.revision,
+                r.created_at,
+                r.updated_at,
+                r.item_id in indexed,
+            )
+            for r in page
+        ]
+    return listed, last
+
+
+def delete(rt: Runtime, item_id: str) -> None:
+    """Erase an item: its record, its jobs, its events, its rows in re-embedding jobs and its place in experiment
+    exposures (one transaction), then its point in every version's items collection, then its originals. The database
+    goes first, so an embedding that races the deletion finds the record gone and takes its point back
+    (services.embedding.drop_deleted). NotFoundError when nothing of the item is left anywhere (a repeated delete);
+    a delete cut off half-way (index unavailable) is finished by sending it again."""
+    with rt.session() as session:
+        found = session.get(ItemRecord, item_id) is not None
+        rows = session.execute(select(ReembedItem.job_id).where(ReembedItem.item_id == item_id)).scalars().all()
+        for job_id in rows:  # done + failed + pending stays the job's total
+            session.execute(
+                update(ReembedJob)
+                .where(ReembedJob.job_id == job_id, ReembedJob.total.is_not(None))
+                .values(total=ReembedJob.total - 1)
+            )
+        session.execute(sql_delete(ReembedItem).where(ReembedItem.item_id == item_id))
+        session.execute(sql_delete(Interaction).where(Interaction.item_id == item_id))
+        session.execute(sql_delete(Job).where(Job.item_id == item_id))
+        experiments.forget_item(session, item_id)
+        session.execute(sql_delete(ItemRecord).where(ItemRecord.item_id == item_id))
+        session.commit()
+    held = delete_items(rt.index, [item_id])
+    media = [m for m in MEDIA_MODALITIES if rt.store.info(item_id, m) is not None]
+    rt.store.delete(item_id)
+    if not (found or held or media):
+        raise NotFoundError(f"item {item_id!r} does not exist (or was deleted already)")

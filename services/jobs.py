@@ -1,5 +1,6 @@
-"""Services: jobs — what a job's status is, starting and resuming re-embedding jobs with the service's defaults, and
-sending again every job that is recorded but not finished (after a restart, or when a job makes no progress)."""
+"""Services: jobs — what a job's status is, the jobs newest first, starting and resuming re-embedding jobs with the
+service's defaults, and sending again every job that is recorded but not finished (after a restart, or when a job
+makes no progress)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from services import reembed
-from services.db import Job, as_utc, running_reembeds, utcnow
+from services.db import Job, as_utc, finish_job, running_reembeds, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.runtime import Runtime
 from thaw.errors import NotFoundError
@@ -35,6 +36,30 @@ def read(session: Session, job_id: str) -> tuple[Job, dict[str, Any] | None]:
     if job is None:
         raise NotFoundError(f"job {job_id!r} does not exist")
     return job, reembed.progress(session, job) if job.kind == "reembed" else None
+
+
+def listed(
+    session: Session,
+    before: tuple[datetime, str] | None,
+    limit: int,
+    *,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+) -> tuple[list[Job], tuple[datetime, str] | None]:
+    """Jobs newest first (by creation, then id), of `status` and `kind` when given, older than `before` (a
+    (created_at, job id) key); returns a page of at most `limit` and the key to continue before (None at the end)."""
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    if before is not None:
+        at, job_id = before
+        query = query.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.job_id < job_id)))
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit + 1)).all()
+    page = list(rows[:limit])
+    more = len(rows) > limit
+    return page, (as_utc(page[-1].created_at), page[-1].job_id) if more and page else None
 
 
 def start_reembed(
@@ -72,6 +97,13 @@ def resume(rt: Runtime, dispatcher: Dispatcher, job_id: str) -> int:
     chunks = reembed.resume(rt, job_id)
     dispatcher.reembed_chunks(job_id, chunks)
     return len(chunks)
+
+
+def status_counts(session: Session) -> dict[tuple[str, str], int]:
+    """The jobs recorded, by (kind, status), in one grouped count: queued and running are the queue's depth, succeeded
+    and failed the outcomes (of jobs whose item still exists: deleting an item deletes its jobs)."""
+    rows = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+    return {(str(kind), str(status)): int(n) for kind, status, n in rows}
 
 
 @dataclass(frozen=True)
@@ -147,10 +179,9 @@ def resend_embeds(rt: Runtime, dispatcher: Dispatcher, policy: SweepPolicy, *, e
             if seen >= policy.max_dispatches:
                 job = session.get(Job, job_id)
                 if job is not None and not JobStatus(job.status).finished:
-                    job.status, job.finished_at = JobStatus.FAILED, now
-                    job.error = f"sent {seen} times without finishing (messages lost, or workers died on it)"
+                    reason = f"sent {seen} times without finishing (messages lost, or workers died on it)"
+                    finish_job(job, JobStatus.FAILED, reason)
                     session.commit()
-                    log.warning("job %s failed: %s", job_id, job.error)
                 continue
             if not _claim(session, job_id, seen, now):
                 continue  # another sweep sent it, or it finished meanwhile

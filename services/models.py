@@ -4,7 +4,8 @@ atomic alias swap, followed by a catch-up job for what changed while the version
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from indexer.collections import ITEMS, active_collection_version, collection_name, indexed_versions
 from indexer.search import count
@@ -24,6 +25,14 @@ class VersionInfo:
     indexed: bool  # its items and users collections exist
     items: int | None  # points in its items collection
     served: bool
+    interactions: int | None = None  # what training read (None for a version trained before it was recorded)
+    validation: dict[str, float] = field(default_factory=dict)  # the internal validation run's figures
+
+
+def _figures(metrics: dict[str, Any]) -> tuple[int | None, dict[str, float]]:
+    val = metrics.get("validation", {})
+    keep = {k: v for k, v in val.items() if ("@" in k or k == "n_val_users") and isinstance(v, int | float)}
+    return metrics.get("n_interactions"), keep
 
 
 def versions(rt: Runtime) -> tuple[str | None, str | None, list[VersionInfo]]:
@@ -33,7 +42,10 @@ def versions(rt: Runtime) -> tuple[str | None, str | None, list[VersionInfo]]:
     counts: dict[str, int] = {}
     for version in indexed:
         counts[version] = count(rt.index, collection=collection_name(ITEMS, version))
-    out = [VersionInfo(rt.registry.config(v), v in indexed, counts.get(v), v == served) for v in rt.registry.versions()]
+    out = [
+        VersionInfo(rt.registry.config(v), v in indexed, counts.get(v), v == served, *_figures(rt.registry.metrics(v)))
+        for v in rt.registry.versions()
+    ]
     with rt.session() as session:
         running = running_reembeds(session)
     return served, running[0][0] if running else None, out

@@ -1,23 +1,22 @@
 """Services: a user's recommendations — the default blend (the `thaw` policy on the served model), or, inside a
-running experiment, the user's arm, logged as an exposure under the list's rec_id."""
+running experiment, the user's arm, logged as an exposure under the list's rec_id; for a user the model cannot place
+(no learned factors, no usable events), the most-interacted warm items, marked as a fallback."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from services import experiments
 from services.db import utcnow
 from services.runtime import Runtime
 from services.serving import Served, read_request, serve, user_context
-from thaw.errors import InvalidInputError, NotFoundError
+from thaw.errors import InvalidInputError
 from thaw.experiments.assignment import seed_of
 from thaw.experiments.policies import make_policy
 
-
-class UnknownUserError(NotFoundError):
-    """A user with neither learned factors nor events."""
+FALLBACK = "popularity"  # the policy an unknown user is served
 
 
 @dataclass
@@ -28,6 +27,7 @@ class Recommendation:
     teams: list[str] | None = None  # interleaving: the arm that drafted each position
     experiment_id: str | None = None  # set when the list was served (and logged) for a running experiment
     arm: str | None = None
+    fallback: str | None = None  # the policy served instead, for a user the model cannot place
 
 
 def recommend(
@@ -40,10 +40,14 @@ def recommend(
     experiment_id: str | None = None,
     offset: int = 0,
     match: Mapping[str, str | int | bool] | None = None,
+    exclude: Sequence[str] = (),
+    explain: bool = False,
 ) -> Recommendation:
     """The list from position `offset` (the next page), of items whose payload matches `match`. Outside an
     experiment's time window an experiment's users get the default list, not logged; inside it the arm's list is
-    logged as shown, so it has no pages (`offset` is refused)."""
+    logged as shown, so it has no pages (`offset` is refused). A user with neither learned factors nor events on
+    indexed items gets the most-interacted warm items (`fallback`), in an experiment too, not logged. `exclude`d
+    items are never served; with `explain` each served item carries its `Because`."""
     record = None
     if experiment_id is not None:
         with rt.session() as session:
@@ -58,18 +62,20 @@ def recommend(
         experiments.arm_policies(record, user_id) if record is not None and running else [make_policy("thaw", alpha)]
     )
     rec_id = uuid.uuid4().hex
-    req = read_request(rt, user_id, cold_only=cold_only, seed=seed_of(rec_id), match=match)
+    req = read_request(
+        rt, user_id, cold_only=cold_only, seed=seed_of(rec_id), match=match, exclude=exclude, explain=explain
+    )
     view = req.view(rt)
-    needs = frozenset({"vector"}).union(*(p.context for p in policies))
+    needs = frozenset({"vector", *(["profile"] if explain else [])}).union(*(p.context for p in policies))
     contexts = {view.version: user_context(rt, view, req, needs)}
-    if contexts[view.version].vector is None:  # the same for every arm, so eligibility cannot differ between arms
-        raise UnknownUserError(f"user {user_id!r} is unknown: no learned factors and no events")
-    if record is None or not running:
+    unknown = contexts[view.version].vector is None  # the same for every arm: eligibility cannot differ by arm
+    if unknown:
+        policies = [make_policy(FALLBACK)]
+    if record is None or not running or unknown:
         served = serve(rt, policies, k + offset, req, contexts)[0]
-        page = slice(offset, offset + k)
-        served = replace(
-            served, items=served.items[page], scores=served.scores[page], interactions=served.interactions[page]
-        )
-        return Recommendation(rec_id, user_id, served)
+        if unknown:  # warm items only: a cold item has no popularity to show
+            served = served.take([p for p, n in enumerate(served.interactions) if n > 0])
+        served = served.take(slice(offset, offset + k))
+        return Recommendation(rec_id, user_id, served, fallback=FALLBACK if unknown else None)
     served, teams, arm = experiments.serve_arm(rt, record, k, req, rec_id, contexts)
     return Recommendation(rec_id, user_id, served, teams, record.experiment_id, arm)

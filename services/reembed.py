@@ -41,11 +41,13 @@ from services.db import (
     ReembedJob,
     as_utc,
     audiences,
+    finish_job,
     interaction_counts,
+    log_job,
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, item_input, stored_point
+from services.embedding import PermanentError, content_hash, drop_deleted, encode, item_input, stored_point
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
 from thaw.factors import Factors, fold_in_events
@@ -170,6 +172,7 @@ def start(
             )
         )
         session.commit()
+        log_job(job, "queued")
         if match:
             assert source is not None
             found = payloads(rt.index, collection_name(ITEMS, source), ["item_id"], payload_filter(match))
@@ -243,8 +246,7 @@ def resume(rt: Runtime, job_id: str) -> list[list[str]]:
         if JobStatus(job.status).finished:
             raise JobConflictError(f"job {job_id} has already {job.status}; nothing to resume")
         if rj.total is None:  # the process that started it stopped before its items were listed
-            job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.error = "interrupted while its items were being listed; start a new job"
+            finish_job(job, JobStatus.FAILED, "interrupted while its items were being listed; start a new job")
             session.commit()
             raise JobConflictError(f"job {job_id} {job.error}")
         pending = session.scalars(
@@ -284,6 +286,7 @@ def run_chunk(rt: Runtime, job_id: str, item_ids: list[str]) -> str:
             return job.status
         if job.status == JobStatus.QUEUED:
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
+            log_job(job, "started")
         rj.touched_at = utcnow()
         session.commit()
         rows = _pending(session, job_id, item_ids)
@@ -319,7 +322,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
             continue
         todo.append((row, record))
     try:
-        encoded = model.encode(inputs) if todo else []
+        encoded = encode(model, inputs) if todo else []
     except Exception:  # find the item the batch fails on; the others go on
         encoded, kept = [], []
         for (row, record), inp in zip(todo, inputs, strict=True):
@@ -338,6 +341,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         for (row, record), enc in zip(todo, encoded, strict=True)
     ]
     upsert_items(rt.index, collection, points)  # a newer upload already written there is left alone
+    drop_deleted(rt, [row.item_id for row, _ in todo])
     for row, _ in todo:
         row.status, row.updated_at = ItemStatus.DONE, utcnow()
 
@@ -391,8 +395,8 @@ def finalize(rt: Runtime, job_id: str) -> str:
         target = rj.target_version
         reason = failure_verdict(counts.get(ItemStatus.FAILED, 0), rj.total, rj.max_failed_share)
         if reason is not None:
-            job.status, job.finished_at = JobStatus.FAILED, utcnow()
-            job.error = f"{reason}; {served} stays served (the failed items are listed in the job)"
+            because = f"{reason}; {served} stays served (the failed items are listed in the job)"
+            finish_job(job, JobStatus.FAILED, because)
             session.commit()
             return job.status
         model = rt.model(target)
@@ -414,7 +418,7 @@ def finalize(rt: Runtime, job_id: str) -> str:
                 f"filtered job: {target} holds only the matching items and {served} stays served; "
                 f"POST /models/{target}/activate serves it anyway"
             )
-        job.status, job.finished_at = JobStatus.SUCCEEDED, utcnow()
+        finish_job(job, JobStatus.SUCCEEDED, job.error)
         keep = rj.keep_versions
         session.commit()
         protected = {target, *(v for v in (served,) if v), *(t for _, t in running_reembeds(session))}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from services.runtime import ModelView, Runtime
 from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, rank
 from thaw.factors import fold_in_events
 from thaw.schema import CF, CONTENT
-from thaw.scoring import knn_matrix, profile, served_vector
+from thaw.scoring import knn_matrix, profile, served_vector, strongest
 
 HISTORY_EVENTS = 500  # the newest events a user's folded-in vector is solved from
 PROFILE_ITEMS = 200  # the newest history items a content profile averages
@@ -33,6 +33,8 @@ class Request:
     cold_only: bool = False
     seed: int = 0
     match: Mapping[str, str | int | bool] | None = None  # candidates' payload must match (e.g. {"modalities": "image"})
+    exclude: Sequence[str] = ()  # items never served, besides the user's history
+    explain: bool = False  # say which history items put each served item there (Served.because)
     views: dict[str | None, ModelView] = field(default_factory=dict)  # resolved once per request, by version asked
 
     def view(self, rt: Runtime, version: str | None = None) -> ModelView:
@@ -56,9 +58,23 @@ def read_request(
     cold_only: bool = False,
     seed: int = 0,
     match: Mapping[str, str | int | bool] | None = None,
+    exclude: Sequence[str] = (),
+    explain: bool = False,
 ) -> Request:
     with rt.session() as session:
-        return Request(user_id, history(session, user_id, HISTORY_EVENTS), cold_only, seed, match)
+        events = history(session, user_id, HISTORY_EVENTS)
+    return Request(user_id, events, cold_only, seed, match, tuple(exclude), explain)
+
+
+@dataclass(frozen=True)
+class Because:
+    """Why an item was served: `source` "history" names the user's history `items` whose content vectors are
+    closest to the item's (the largest terms of the content similarity in its score), with their cosines; otherwise
+    the signal that ranked it alone: "cf" (the user's CF factors), "popularity", or another policy's name."""
+
+    source: str
+    items: tuple[str, ...] = ()
+    similarity: tuple[float, ...] = ()
 
 
 @dataclass
@@ -71,6 +87,19 @@ class Served:
     items: list[str]
     scores: list[float]
     interactions: list[int]  # when served
+    because: list[Because] | None = None  # with Request.explain
+
+    def take(self, positions: Sequence[int] | slice) -> Served:
+        """The list reduced to these positions (in this order)."""
+        picks = range(len(self.items))[positions] if isinstance(positions, slice) else positions
+        because = None if self.because is None else [self.because[p] for p in picks]
+        return replace(
+            self,
+            items=[self.items[p] for p in picks],
+            scores=[self.scores[p] for p in picks],
+            interactions=[self.interactions[p] for p in picks],
+            because=because,
+        )
 
 
 def _served(hit: Hit, shrinkage: float) -> np.ndarray | None:
@@ -115,7 +144,10 @@ def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[st
     if "vector" in needs:
         ctx.vector = user_vector(rt, view, req, hits)
     if "profile" in needs:
-        ctx.profile = profile([h.vectors[CONTENT] for h in recent if CONTENT in h.vectors])
+        with_content = [h for h in recent if CONTENT in h.vectors]
+        ctx.profile = profile([h.vectors[CONTENT] for h in with_content])
+        ctx.history = [h.item_id for h in with_content]
+        ctx.history_content = np.stack([h.vectors[CONTENT] for h in with_content]) if with_content else None
     if "knn_profile" in needs and recent:
         ctx.knn_profile = profile(list(_knn(recent, view.config.embedding_dims)))
     return ctx
@@ -132,7 +164,9 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
     batch: list[Query] = []
     for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims.get(m, 0) for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
-        flt = payload_filter(req.match, exclude_items=req.seen, cold_only=req.cold_only, warm_only=warm_only)
+        flt = payload_filter(
+            req.match, exclude_items=[*req.seen, *req.exclude], cold_only=req.cold_only, warm_only=warm_only
+        )
         if isinstance(q, Search):
             batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors, fields=FIELDS))
         elif isinstance(q, TopBy):
@@ -186,5 +220,22 @@ def serve(
             payloads.update({h.item_id: h.payload for h in get_items(rt.index, items, vectors=False)})
         alpha = (c.alpha if policy.alpha is None else policy.alpha) if policy.tunable else None
         interactions = [int(payloads[i].get("interactions", 0)) for i in items]
-        out.append(Served(policy, view.version, alpha, items, scores, interactions))
+        contents = None if cands.content is None else cands.content[order]
+        because = _because(policy, ctx, contents, len(order)) if req.explain else None
+        out.append(Served(policy, view.version, alpha, items, scores, interactions, because))
     return out
+
+
+def _because(policy: Policy, ctx: UserContext, contents: np.ndarray | None, n: int, top: int = 3) -> list[Because]:
+    """A by-product of the ranking: for each served item (its content vector a row of `contents`), the history items
+    of the user's content profile that contribute most to its content similarity, else the policy's own signal."""
+    signal = "cf" if policy.name == "thaw" else policy.name
+    if contents is None or ctx.history_content is None:
+        return [Because(signal)] * n
+    picks = strongest(contents, ctx.history_content, top)
+    return [
+        Because("history", tuple(ctx.history[j] for j, _ in row), tuple(round(c, 4) for _, c in row))
+        if row
+        else Because(signal)
+        for row in picks
+    ]

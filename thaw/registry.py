@@ -3,6 +3,7 @@ typed config, read and written here only. No torch: the API reads versions witho
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from thaw.errors import NotFoundError
 
 FORMAT = 6  # the layout of a version directory that this code reads and writes
 CONFIG = "config.json"
+METRICS = "metrics.json"  # training's figures; "validation" holds the internal validation run's
 FACTORS = "factors.safetensors"  # users, items, and their Gram matrices user_gram = U^T U, item_gram = V^T V
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -100,6 +102,12 @@ class Registry:
         if version not in self._configs:
             self._configs[version] = ModelConfig.read(self.path(version))
         return self._configs[version]
+
+    def metrics(self, version: str) -> dict[str, Any]:
+        """The version's training figures ({} when it has none)."""
+        path = self.path(version) / METRICS
+        found: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        return found
 
     def grams(self, version: str) -> tuple[np.ndarray, np.ndarray]:
         """(U^T U, V^T V) of the version's learned user and item factors: what a fold-in adds for the unobserved

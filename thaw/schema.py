@@ -36,6 +36,7 @@ class JobStatus(StrEnum):
 
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+JobKind = Literal["embed", "reembed"]  # one item's embedding; a re-embedding of the catalogue with a version
 
 
 class ItemStatus(StrEnum):

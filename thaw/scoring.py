@@ -115,3 +115,17 @@ def score_items(
     if knn_weight == 1.0:
         return similarity
     return (1.0 - knn_weight) * zscore(thaw) + knn_weight * zscore(similarity)
+
+
+def strongest(contents: np.ndarray, history: np.ndarray, top: int) -> list[list[tuple[int, float]]]:
+    """For each candidate (a row of `contents`; a NaN row has no content vector), the history rows that contribute
+    most to its content similarity to the user's profile (the unit centroid of `history`): (row, cosine) pairs,
+    largest first, up to `top`, positive cosines only."""
+    units = history / (np.linalg.norm(history, axis=1, keepdims=True) + 1e-12)
+    cands = np.nan_to_num(contents) / (np.linalg.norm(np.nan_to_num(contents), axis=1, keepdims=True) + 1e-12)
+    cos = cands @ units.T
+    out = []
+    for row in cos:
+        order = np.argsort(-row, kind="stable")[:top]
+        out.append([(int(j), float(row[j])) for j in order if row[j] > 0])
+    return out

@@ -10,6 +10,7 @@ from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_KEY_CHARS = 16
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     reembed_max_failed_share: float = 0.01  # a job whose failed items exceed this share does not switch versions
     reembed_stall_seconds: float = 300.0  # a job with no progress for this long has its pending chunks re-sent
     keep_versions: int = 3  # versions whose collections are kept after a switch (serving, target, previous always)
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR or CRITICAL
+    log_json: bool = False  # one JSON object per log line (for log shippers) instead of plain text
+    worker_metrics_port: int | None = None  # a `celery worker` process serves its encode seconds here (Prometheus)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -75,6 +79,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 "THAW_BROKER_VISIBILITY_TIMEOUT, THAW_JOB_RESEND_SECONDS and THAW_JOB_MAX_DISPATCHES must be positive"
             )
+        self.log_level = self.log_level.upper()
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"THAW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.keep_versions < 1:
             raise ValueError(f"THAW_KEEP_VERSIONS must be at least 1, got {self.keep_versions}")
         if self.environment != "development" and not self.api_keys:

@@ -1,8 +1,11 @@
 """Workers: the embedded broker's filesystem transport, with files that appear whole. Kombu's own creates a message
 file and then writes it, so a consumer polling meanwhile can take an empty file, fail to decode it and lose the
 message; it also truncates an exchange's binding table before rewriting it, so a producer publishing meanwhile finds
-no queue bound and drops the message. Here every file is written under a hidden temporary name and renamed into
-place, and binders take turns under a lock."""
+no queue bound and drops the message; and it writes a binding to disk only if this process has not declared it
+before (kombu's broker state is per process), so a second connection of the same process (the embedded worker
+beside the API) could publish before the first had written the table. Here every file is written under a hidden
+temporary name and renamed into place, binders take turns under a lock, and every bind is on disk before it
+returns."""
 
 from __future__ import annotations
 
@@ -46,6 +49,14 @@ class Channel(filesystem.Channel):
         except FileNotFoundError:
             return []
         return [filesystem.exchange_queue_t(*binding) for binding in table]
+
+    def queue_bind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kwargs: Any
+    ) -> None:
+        """Bind `queue` to `exchange`: on disk first, whatever this process's broker state says."""
+        exchange = exchange or "amq.direct"
+        self._queue_bind(exchange, *self.typeof(exchange).prepare_bind(queue, exchange, routing_key, arguments))
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         """Add a binding: one binder at a time reads the table and replaces it whole."""

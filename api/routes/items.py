@@ -1,4 +1,5 @@
-"""API: ingest (POST /items), what is stored about an item, and similar items."""
+"""API: ingest (POST /items), the catalogue page by page, what is stored about an item, deletion, and similar
+items."""
 
 from __future__ import annotations
 
@@ -9,27 +10,33 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api.deps import DispatcherDep, RuntimeDep, require_model
 from api.schemas import (
+    DEFAULT_PAGE,
     MAX_METADATA_BYTES,
+    MAX_PAGE,
     IngestAccepted,
     ItemCreate,
+    ItemPage,
     ItemPatch,
     ItemPublic,
+    ItemSummary,
     ScoredItem,
     SimilarItems,
     check_metadata,
+    decode_cursor,
+    encode_cursor,
     parse_filter,
 )
 from services import items
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
-from thaw.schema import VectorName, check_id
+from thaw.schema import Modality, VectorName, check_id
 
 router = APIRouter(tags=["items"], dependencies=[Depends(require_model)])
 
@@ -170,6 +177,48 @@ def patch_item(item_id: str, body: ItemPatch, rt: RuntimeDep, dispatcher: Dispat
     item_id = check_id(item_id)
     job_id = items.patch(rt, dispatcher, item_id, dict(body.metadata))
     return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
+
+
+@router.get("/items", response_model=ItemPage)
+def list_items(
+    rt: RuntimeDep,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    modality: Annotated[Modality | None, Query(description="items uploaded with this modality")] = None,
+    filter: Annotated[
+        str | None, Query(description='metadata fields, JSON: {"genres": "Drama"} (a list field holds the value)')
+    ] = None,
+) -> ItemPage:
+    """Every uploaded item (indexed or not) in item-id order, page by page. A page reads at most 5000 items: under a
+    rare filter it may hold fewer than `limit` and still have a `next_cursor`; the listing ends when that is null."""
+    key = decode_cursor("items", cursor, str)
+    after = None if key is None else check_id(key[0])
+    page, last = items.catalogue(rt, after, limit, modality=modality, match=parse_filter(filter))
+    return ItemPage(
+        items=[
+            ItemSummary(
+                item_id=i.item_id,
+                metadata=i.metadata,
+                modalities=i.modalities,
+                revision=i.revision,
+                indexed=i.indexed,
+                created_at=i.created_at,
+                updated_at=i.updated_at,
+            )
+            for i in page
+        ],
+        next_cursor=None if last is None else encode_cursor("items", last),
+    )
+
+
+@router.delete("/items/{item_id}", status_code=204, response_class=Response)
+def delete_item(item_id: str, rt: RuntimeDep) -> Response:
+    """Delete an item: its point in every model version's collection, its originals in the media store, its record,
+    jobs and events, and its place in experiment exposures. 204 when something of it was deleted; 404 when nothing of
+    it exists, so a repeated delete answers 404. A delete cut off by an unavailable index (503) is finished by sending
+    it again."""
+    items.delete(rt, check_id(item_id))
+    return Response(status_code=204)
 
 
 @router.get("/items/{item_id}", response_model=ItemPublic)

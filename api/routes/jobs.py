@@ -1,14 +1,45 @@
-"""API: job status, and re-embedding jobs (start, watch, resume)."""
+"""API: jobs (newest first, one job's status), and re-embedding jobs (start, watch, resume)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from api.deps import DispatcherDep, ReembedDefaultsDep, RuntimeDep, SessionDep
-from api.schemas import JobProgress, JobPublic, JobResumed, ReembedAccepted, ReembedCreate
+from api.schemas import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    JobPage,
+    JobProgress,
+    JobPublic,
+    JobResumed,
+    ReembedAccepted,
+    ReembedCreate,
+    encode_cursor,
+    moment_cursor,
+)
 from services import jobs
+from thaw.schema import JobKind, JobStatus
 
 router = APIRouter(tags=["jobs"])
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    cursor: Annotated[str | None, Query(max_length=1024, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+) -> JobPage:
+    """Jobs newest first, of a `status` and `kind` when given, page by page."""
+    before = moment_cursor("jobs", cursor, str)
+    page, last = jobs.listed(session, before, limit, status=status, kind=kind)
+    return JobPage(
+        jobs=[JobPublic.model_validate(job, from_attributes=True) for job in page],
+        next_cursor=None if last is None else encode_cursor("jobs", last[0].isoformat(), last[1]),
+    )
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)

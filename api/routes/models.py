@@ -22,6 +22,10 @@ def list_models(rt: RuntimeDep) -> ModelVersions:
             indexed=v.indexed,
             items=v.items,
             served=v.served,
+            trained_at=v.config.created_at,
+            alpha=v.config.alpha,
+            data={"items": len(v.config.train_items), "users": v.config.train_users, "interactions": v.interactions},
+            validation=v.validation,
         )
         for v in found
     ]

@@ -78,7 +78,7 @@ def test_bad_requests_elsewhere(client: httpx.Client) -> None:
     assert client.get("/items/0/similar", params={"using": "nonsense"}).status_code == 422
     assert client.get("/items/0/similar", params={"filter": "{bad"}).status_code == 422
     assert client.get("/jobs/does-not-exist").status_code == 404
-    assert client.get("/users/nobody-at-all/recommendations").status_code == 404
+    assert client.get("/users/nobody-at-all/recommendations").json()["fallback"] == "popularity"
     assert client.get("/users/u0/recommendations", params={"alpha": 3}).status_code == 422
     assert client.post("/events", json={"user_id": "u0", "item_id": "no-such-item"}).status_code == 404
     assert client.post("/events", json={"user_id": "u0"}).status_code == 422

@@ -88,7 +88,7 @@ def test_each_modality_alone_and_together_becomes_servable(client: httpx.Client,
 
 def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker: Worker) -> None:
     wait_job(client, upload(client, "evt-item", {"title": "Surf whale island"}))
-    assert client.get("/users/brand-new-user/recommendations").status_code == 404
+    assert client.get("/users/brand-new-user/recommendations").json()["fallback"] == "popularity"
     resp = client.post(
         "/events",
         json=[
@@ -100,6 +100,7 @@ def test_events_move_items_and_build_unknown_users(client: httpx.Client, worker:
     item = client.get("/items/evt-item").json()
     assert item["interactions"] == 2
     recs = client.get("/users/brand-new-user/recommendations", params={"k": 5}).json()
+    assert recs["fallback"] is None  # placed by the events folded in
     assert len(recs["items"]) == 5 and "evt-item" not in [r["item_id"] for r in recs["items"]]
     cold = client.get("/users/u1/recommendations", params={"k": 500, "cold_only": "true"}).json()
     assert "evt-item" not in {r["item_id"] for r in cold["items"]}  # no longer cold
@@ -138,3 +139,36 @@ def test_reupload_replaces_the_item_without_duplicates(client: httpx.Client, wor
     assert item["modalities"] == ["text", "image"] and item["metadata"]["title"] == "love romance wedding"
     hits = client.get("/items/new-text/similar", params={"k": 500, "using": "text"}).json()["items"]
     assert [h["item_id"] for h in hits].count("re-item") == 1
+
+
+def test_an_embedded_item_is_listed_then_deleted_for_good(client: httpx.Client, worker: Worker) -> None:
+    job_id = upload(client, "gone-soon", {"title": "Lighthouse keeper"}, image=png((0, 90, 200)))
+    assert wait_job(client, job_id)["status"] == "succeeded"
+    listed = _pages(client, {"filter": '{"title": "Lighthouse keeper"}', "limit": 100})
+    assert [i["item_id"] for i in listed] == ["gone-soon"]
+    assert listed[0]["indexed"] and listed[0]["modalities"] == ["text", "image"]
+    jobs = client.get("/jobs", params={"kind": "embed", "limit": 500}).json()["jobs"]
+    assert job_id in {j["job_id"] for j in jobs}
+    neighbour = client.get("/items/gone-soon/similar", params={"k": 1}).json()["items"][0]["item_id"]
+
+    def near_neighbour() -> set[str]:
+        found = client.get(f"/items/{neighbour}/similar", params={"k": 500, "using": "content"}).json()["items"]
+        return {s["item_id"] for s in found}
+
+    assert "gone-soon" in near_neighbour()
+    assert client.delete("/items/gone-soon").status_code == 204
+    assert client.get("/items/gone-soon").status_code == 404
+    assert job_id not in {j["job_id"] for j in client.get("/jobs", params={"limit": 500}).json()["jobs"]}
+    assert "gone-soon" not in near_neighbour()
+    assert client.delete("/items/gone-soon").status_code == 404
+
+
+def _pages(client: httpx.Client, params: dict[str, object]) -> list[dict[str, object]]:
+    """Every item GET /items lists, following next_cursor."""
+    out, cursor = [], None
+    while True:
+        body = client.get("/items", params={**params, **({"cursor": cursor} if cursor else {})}).json()
+        out += body["items"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out

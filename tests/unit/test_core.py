@@ -13,7 +13,7 @@ from thaw.datasets import Interactions, load_dataset, split_items
 from thaw.evaluation import evaluate_rankings, ndcg_at_k, precision_at_k, recall_at_k
 from thaw.factors import fit_als, fold_in
 from thaw.schema import InvalidIdError, check_id, item_text, point_id, user_point_id
-from thaw.scoring import blend, cf_weight, profile, served_vector, zscore
+from thaw.scoring import blend, cf_weight, profile, served_vector, strongest, zscore
 
 
 def test_point_ids_are_deterministic_and_distinct() -> None:
@@ -63,6 +63,14 @@ def test_profile_is_unit_centroid() -> None:
     assert p is not None
     np.testing.assert_allclose(p, [math.sqrt(0.5), math.sqrt(0.5)])
     assert profile([]) is None
+
+
+def test_strongest_names_the_history_rows_closest_to_each_candidate() -> None:
+    history = np.array([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    contents = np.array([[2.0, 0.1], [0.0, 1.0], [-1.0, -1.0], [np.nan, np.nan]])
+    picks = strongest(contents, history, top=2)
+    assert [[j for j, _ in row] for row in picks] == [[0, 2], [1, 2], [], []]  # positive cosines only; NaN: none
+    assert picks[1][1][1] == pytest.approx(math.sqrt(0.5))
 
 
 def test_fold_in_recovers_a_planted_row() -> None:

@@ -85,3 +85,28 @@ def test_each_encoder_saves_and_loads_to_identical_outputs(
             torch.from_numpy(a.embeddings[modality]), torch.from_numpy(b.embeddings[modality]), atol=1e-6
         )
     assert not np.allclose(before[0].content, before[1].content)  # inputs differ, so outputs must too
+
+
+def test_each_modality_s_encode_time_is_observed_per_item(small_model: tuple[ThawModel, object]) -> None:
+    from services.embedding import ENCODE_SECONDS, encode
+
+    model, (ds, _) = small_model  # type: ignore[misc]
+    full = next(i for i in item_inputs(ds, sorted(ds.items)) if i.text and i.image is not None and i.audio is not None)
+    inputs = [ItemInput("t", text=full.text), ItemInput("a", audio=full.audio), full]
+
+    def counts() -> dict[str, float]:
+        return {
+            s.labels["modality"]: s.value
+            for m in ENCODE_SECONDS.collect()
+            for s in m.samples
+            if s.name.endswith("_count")
+        }
+
+    before = counts()
+    timings: dict[str, float] = {}
+    assert len(model.encode(inputs, timings)) == 3 and set(timings) == {"text", "image", "audio"}
+    assert all(seconds > 0 for seconds in timings.values())
+    encode(model, inputs)
+    after = counts()
+    grown = {m: after.get(m, 0) - before.get(m, 0) for m in ("text", "image", "audio")}
+    assert grown == {"text": 2, "image": 1, "audio": 2}  # one observation per item that has the modality

@@ -35,8 +35,16 @@ from indexer.search import (
     similar,
 )
 from indexer.shared import SharedEngine, decode, encode
-from indexer.writer import ItemPoint, set_item_cf, upsert_items, upsert_users
-from thaw.schema import CF, CONTENT
+from indexer.writer import (
+    ItemPoint,
+    clear_item_cf,
+    delete_items,
+    delete_users,
+    set_item_cf,
+    upsert_items,
+    upsert_users,
+)
+from thaw.schema import CF, CONTENT, SIMILARITY_VECTORS
 
 DIMS = {"text": 8}
 
@@ -80,9 +88,16 @@ def test_collections_filters_and_batched_queries(tmp_path: Path) -> None:
     (hit,) = get_items(index, ["i1"], vectors=[CF])
     assert hit.vectors[CF].tolist() == [1.0] * 4 and hit.payload["interactions"] == 9
     assert get_users(index, ["u1", "nobody"]).keys() == {"u1"}
+    clear_item_cf(index, ITEMS, "i1", 0)  # the folded vector and its cosine twin go, the rest stays
+    (hit,) = get_items(index, ["i1"], vectors=[CF, SIMILARITY_VECTORS[CF], CONTENT, "text"])
+    assert set(hit.vectors) == {CONTENT, "text"} and hit.payload["interactions"] == 0
+    assert hit.payload["modalities"] == ["text"]
+    assert delete_users(index, ["u1", "nobody"]) == [f"{USERS}__v1"] and get_users(index, ["u1"]) == {}
+    assert delete_items(index, ["i2", "nobody"]) == [f"{ITEMS}__v1"] and count(index) == 49
+    assert delete_items(index, ["i2"]) == []  # a repeat finds nothing
     index.close()
     reopened = Index(path=tmp_path / "q")  # aliases and points persist
-    assert active_collection_version(reopened) == "v1" and count(reopened) == 50
+    assert active_collection_version(reopened) == "v1" and count(reopened) == 49
     reopened.close()
 
 
@@ -126,10 +141,11 @@ def test_peers_share_the_owners_index_and_take_over_when_it_is_killed(tmp_path: 
         assert isinstance(engine, SharedEngine) and not engine.owner
         upsert_items(peer, ITEMS, [ItemPoint("new", {CONTENT: np.ones(4), CF: np.ones(4)}, {"revision": 1})])
         assert count(peer) == 51  # written by the owner, on the peer's behalf
+        assert delete_items(peer, ["i0"]) == [f"{ITEMS}__v1"] and count(peer) == 50  # deleted by the owner too
         assert owner.pid is not None
         os.kill(owner.pid, signal.SIGKILL)
         owner.join(30)
-        assert count(peer) == 51  # the next call finds the owner gone, takes the lock and reopens the storage
+        assert count(peer) == 50  # the next call finds the owner gone, takes the lock and reopens the storage
         assert engine.owner
         peer.close()
     finally:

@@ -45,3 +45,16 @@ def test_messages_polled_while_being_written_arrive_whole_and_once(tmp_path: Pat
     assert errors == []
     assert sorted(received) == list(range(len(sent))), sorted(set(range(len(sent))) - set(received))
     assert not [p.name for p in folder.iterdir()]  # nothing left behind, no temporary file either
+
+
+def test_a_bind_reaches_the_disk_even_when_this_process_declared_it_before(tmp_path: Path) -> None:
+    """kombu's broker state is per process: a second connection of the same process, on another folder, must still
+    write its binding table, or every message it publishes is dropped."""
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        options = {"data_folder_in": str(folder), "data_folder_out": str(folder), "control_folder": str(folder / "c")}
+        folder.mkdir()
+        with Connection(f"{transport.SCHEME}://", transport_options=options) as conn:
+            queue = conn.SimpleQueue("bound-once")
+            queue.put({"run": run})
+            assert queue.get(timeout=5).payload == {"run": run}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,6 +49,8 @@ class UserContext:
     vector: np.ndarray | None = None
     profile: np.ndarray | None = None
     knn_profile: np.ndarray | None = None
+    history: list[str] = field(default_factory=list)  # the items of `profile`, in the order of `history_content`
+    history_content: np.ndarray | None = None  # their content vectors, one row each
 
 
 @dataclass(frozen=True)
