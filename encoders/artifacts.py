@@ -105,6 +105,10 @@ class ThawModel:
         return self.config.alpha
 
     @property
+    def knn_weight(self) -> float:
+        return self.config.knn_weight
+
+    @property
     def embedding_dims(self) -> dict[str, int]:
         return self.config.embedding_dims
 

@@ -17,18 +17,26 @@ from encoders.fusion import MODALITY_ORDER, predict
 from encoders.training import TrainConfig, train, warm_factors
 from thaw.datasets import Dataset, Split
 from thaw.evaluation import evaluate_rankings, history_profiles, rank_by_scores, rank_cold, user_positives
+from thaw.scoring import cosine, scorer_name
 
 KS = (20, 100)
 
 
-def _content_matrix(table: Table) -> np.ndarray:
-    """An item's content embedding for the baselines: its unit text and image features side by side."""
-    parts = [torch.nn.functional.normalize(table.feats[m], dim=1).numpy() for m in ("text", "image")]
-    return np.concatenate(parts, axis=1)
-
-
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+    """argmin_W |xW - y|^2 + lam |W|^2, through the smaller of the primal (d x d) and dual (n x n) systems."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    if x.shape[1] <= x.shape[0]:
+        return np.linalg.solve(x64.T @ x64 + lam * np.eye(x.shape[1]), x64.T @ y64)
+    return x64.T @ np.linalg.solve(x64 @ x64.T + lam * np.eye(x.shape[0]), y64)
+
+
+def all_inputs(table: Table) -> np.ndarray:
+    """Every frozen input Thaw's heads read, for `ridge_all`: the MiniLM text embedding, the TF-IDF tag vector (the
+    table's vocabulary applied) and the image embedding, each scaled to unit length (a missing one stays zero), and
+    a constant."""
+    parts = [table.feats[m].numpy().astype(np.float32) for m in ("text", "tags", "image")]
+    units = [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in parts]
+    return np.hstack([*units, np.ones((len(table.ids), 1), np.float32)])
 
 
 N_MFCC = 20
@@ -71,6 +79,8 @@ def run_protocol(
     t = time.perf_counter()
     warm_pred = predict(model.net, warm)
     profiles = history_profiles(ds, warm_ids, warm_pred)
+    knn_profiles = history_profiles(ds, warm_ids, warm.knn())  # content_knn's profiles, shared with Thaw's scorer
+    test_knn = test.knn()
     score(
         "thaw",
         rank_cold(
@@ -81,6 +91,9 @@ def run_protocol(
             positives,
             alpha=model.alpha,
             profiles=profiles,
+            knn=test_knn,
+            knn_profiles=knn_profiles,
+            knn_weight=model.knn_weight,
         ),
     )
     for j, modality in enumerate(("text", "image", "audio")):
@@ -99,17 +112,11 @@ def run_protocol(
     rng = random.Random(seed)
     score("random", {u: rng.sample(test_ids, len(test_ids)) for u in positives})
 
-    warm_x, test_x = _content_matrix(warm), _content_matrix(test)
-    history: dict[str, list[int]] = {}
-    index = {item: i for i, item in enumerate(warm_ids)}
-    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
-        if item in index:
-            history.setdefault(user, []).append(index[item])
-    rankings = {}
-    for user in positives:
-        centroid = warm_x[history.get(user, [])].mean(0) if history.get(user) else np.zeros(warm_x.shape[1])
-        rankings[user] = rank_by_scores(test_x @ centroid, test_ids)
-    score("content_knn", rankings)
+    no_profile = np.zeros(test_knn.shape[1], np.float32)
+    score(
+        "content_knn",
+        {u: rank_by_scores(cosine(test_knn, knn_profiles.get(u, no_profile)), test_ids) for u in positives},
+    )
 
     # the baselines map onto plain ALS factors (Thaw's own may be content-regularised)
     _, als = warm_factors(ds, split, config)
@@ -117,16 +124,21 @@ def run_protocol(
     factor_row = {item: i for i, item in enumerate(als.item_ids)}
     als_items = als.items[[factor_row[i] for i in warm_ids]]
 
-    def ridge_baseline(name: str, modality: str, x: Callable[[Table], np.ndarray]) -> float:
-        """ALS + a closed-form ridge map from features `x` onto the factors of the warm items that have `modality`,
-        lambda tuned on cold validation; a cold item without the modality is predicted as zero, as Thaw's
-        single-modality ablations do. Scores the cold test items and returns the lambda chosen."""
-        col = MODALITY_ORDER.index(modality)
-        have = warm.masks[:, col].numpy()
+    def ridge_baseline(name: str, modality: str | None, x: Callable[[Table], np.ndarray]) -> float:
+        """ALS + a closed-form ridge map from features `x` onto the factors of the warm items that have `modality`
+        (None: every warm item with content), lambda tuned on cold validation; a cold item without the modality is
+        predicted as zero, as Thaw's single-modality ablations do. Scores the cold test items and returns the
+        lambda chosen."""
+
+        def has(table: Table) -> np.ndarray:
+            masks = table.masks.numpy()
+            return np.asarray(masks.any(1) if modality is None else masks[:, MODALITY_ORDER.index(modality)])
+
+        have = has(warm)
         x_warm = x(warm)[have]
 
         def rank(lam: float, table: Table, pos: dict[str, set[str]]) -> dict[str, list[str]]:
-            pred = (x(table) @ _ridge(x_warm, als_items[have], lam)) * table.masks[:, col].numpy()[:, None]
+            pred = (x(table) @ _ridge(x_warm, als_items[have], lam)) * has(table)[:, None]
             return {u: rank_by_scores(pred @ als.users[uix[u]], table.ids) for u in pos}
 
         grid = {
@@ -138,6 +150,7 @@ def run_protocol(
         return best
 
     best_lam = ridge_baseline("ridge", "text", lambda table: table.feats["text"].numpy())
+    all_lam = ridge_baseline("ridge_all", None, all_inputs)
     if test.masks[:, MODALITY_ORDER.index("audio")].any():
         mfcc_warm = mfcc_stats(warm)[warm.masks[:, MODALITY_ORDER.index("audio")].numpy()]
         mu, sd = mfcc_warm.mean(0), mfcc_warm.std(0) + 1e-6
@@ -154,8 +167,12 @@ def run_protocol(
             "n_cold_val_items": len(val_ids),
             "n_warm_items": len(model.item_ids),
             "alpha": model.alpha,
+            "knn_weight": model.knn_weight,
+            "scorer": scorer_name(model.knn_weight),
+            "scorer_grid": model.metrics["scorer_grid"],  # cold-validation NDCG@20 of every candidate scorer
             "content_pull": model.metrics["content_pull"]["pull"],
             "ridge_lambda": best_lam,
+            "ridge_all_lambda": all_lam,
             "loss": config.loss,
             "cold_val_ndcg@20": model.metrics.get("cold_val_ndcg@20"),
         },

@@ -19,6 +19,7 @@ from encoders.tags import TagFactors, TagVocab
 from thaw.datasets import Dataset
 from thaw.media import MediaError, decode_audio, decode_image
 from thaw.schema import item_tags
+from thaw.scoring import knn_matrix
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,10 @@ class Table:
         """`own`: the rows' CF vectors, when `factors` were fitted on these items (leave-one-out)."""
         z = torch.from_numpy(factors.transform(self.tags, own))
         return Table(self.ids, dict(self.feats, tag_factors=z), self.masks, self.mels, self.tags)
+
+    def knn(self) -> np.ndarray:
+        """The rows' content_knn vectors (thaw.scoring.knn_matrix of the frozen text and image features)."""
+        return knn_matrix(self.feats["text"].numpy(), self.feats["image"].numpy())
 
     def batch(self, idx: list[int]) -> Batch:
         mels = [self.mels[i] for i in idx]

@@ -12,7 +12,6 @@ from encoders.fusion import predict
 from encoders.training import TrainConfig, train
 from thaw.datasets import Dataset, Split
 from thaw.evaluation import history_profiles
-from thaw.experiments.policies import knn_matrix
 from thaw.experiments.replay import ReplayConfig, ReplayModel, ReplayResult, holdout_split, simulate
 from thaw.experiments.spec import ExperimentSpec
 
@@ -49,7 +48,7 @@ def replay(
     arrays = ReplayModel(
         cat_ids,
         content,
-        knn_matrix(table.feats["text"].numpy(), table.feats["image"].numpy()),
+        table.knn(),
         cf,
         model.user_ids,
         model.user_factors,
@@ -60,6 +59,7 @@ def replay(
         model.config.als_alpha,
         model.config.cf_shrinkage,
         model.metrics.get("cold_val_ndcg@20"),
+        model.config.knn_weight,
     )
     result = simulate(held, split, spec, config, arrays, interleave=interleave, progress=progress)
     result.summary["timing_s"] = {"train_s": round(train_s, 2), "replay_s": round(time.perf_counter() - t, 2)}

@@ -1,6 +1,7 @@
 """Encoders: training in stages over one state — ALS on warm interactions, the frozen features, the CF space content
-can predict, ridge-started heads, the audio CNN, residual heads and fusion, then the blend weight alpha; every choice
-is made on cold validation items, and cold test items are never read. `train_all` (what `thaw train` runs) makes
+can predict, ridge-started heads, the audio CNN, residual heads and fusion, then the cold-start scorer (Thaw's
+regression onto CF factors, content_knn similarity to the user's history, or a blend); every choice is made on cold
+validation items, and cold test items are never read. `train_all` (what `thaw train` runs) makes
 the choices on an internal validation split, then refits on all the history with them."""
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from thaw.evaluation import cold_ndcg, history_profiles, user_positives
 from thaw.factors import Factors, fit_als
 from thaw.profiling import StageMeter
 from thaw.schema import MODALITIES
+from thaw.scoring import scorer_name
 
 log = logging.getLogger(__name__)
 LOSSES = ("mse", "wpe", "softmax")
 AUDIO = MODALITY_ORDER.index("audio")
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # content_knn's share of the cold-start score (thaw.scoring.score_items)
+BLEND_MARGIN = 0.01  # a blend is chosen only when it beats both pure scorers by this share of cold-validation NDCG
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Choices:
     fusion: list[float]  # ... and those kept after it
     alpha: float
     cold_val_ndcg: float
+    knn_weight: float = 0.0
 
 
 def tune_fusion(net: ThawNet, val_ndcg: Callable[[ThawNet], float], present: list[bool]) -> float:
@@ -155,6 +160,8 @@ class TrainState:
     fusion: float = 0.0  # ... after the final fusion tuning
     alphas: dict[float, float] = field(default_factory=dict)
     alpha: float = 1.0
+    scorers: dict[tuple[float, float], float] = field(default_factory=dict)  # (alpha, knn weight) -> NDCG@20
+    knn_weight: float = 0.0
     fixed: Choices | None = None  # a refit: replay these choices, read no validation items
     fusion_start: list[float] = field(default_factory=list)
     model: ThawModel = field(init=False)
@@ -359,14 +366,40 @@ def train_residuals(s: TrainState) -> None:
 
 
 def tune_blend(s: TrainState) -> None:
-    """The serving default alpha: CF score vs similarity to the user's content profile, on cold validation."""
+    """The cold-start scorer that ships as the serving default, chosen on cold validation among Thaw's regression
+    onto CF factors (knn weight 0; alpha blends the CF score with similarity to the user's Thaw profile), content
+    similarity to the user's history in content_knn's embedding (knn weight 1), and their z-scored blends. A blend
+    must beat the better pure scorer by BLEND_MARGIN (differences smaller than that are validation noise); ties go
+    to the smaller knn weight, then the larger alpha."""
     if s.fixed is not None:
-        s.alpha = s.fixed.alpha
+        s.alpha, s.knn_weight = s.fixed.alpha, s.fixed.knn_weight
         return
     served = s.warm.with_tag_factors(s.tag_factors)  # as a served item is encoded: its own factors count
     profiles = history_profiles(s.ds, s.warm.ids, predict(s.net, served))
-    s.alphas = {a: s.val_ndcg(s.net, a, profiles) for a in ALPHAS}
-    s.alpha = max(s.alphas, key=lambda a: (s.alphas[a], a))
+    knn_profiles = history_profiles(s.ds, s.warm.ids, s.warm.knn())
+    pred, knn, f = predict(s.net, s.val), s.val.knn(), s.factors
+    for w in KNN_WEIGHTS:
+        for a in ALPHAS if w < 1.0 else (1.0,):  # content_knn alone: alpha plays no part
+            s.scorers[(a, w)] = cold_ndcg(
+                f.user_ids,
+                f.users,
+                s.val_ids,
+                pred,
+                s.val_pos,
+                alpha=a,
+                profiles=profiles,
+                knn=knn,
+                knn_profiles=knn_profiles,
+                knn_weight=w,
+            )
+    s.alphas = {a: s.scorers[(a, 0.0)] for a in ALPHAS}
+    pure = [aw for aw in s.scorers if aw[1] in (0.0, 1.0)]
+    blends = [aw for aw in s.scorers if aw not in pure]
+    best = max(pure, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]))
+    blend = max(blends, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]), default=None)
+    if blend is not None and s.scorers[blend] > (1.0 + BLEND_MARGIN) * s.scorers[best]:
+        best = blend
+    s.alpha, s.knn_weight = best
 
 
 STAGES: tuple[tuple[str, Callable[[TrainState], None]], ...] = (
@@ -392,6 +425,7 @@ def choices(s: TrainState) -> Choices:
         fusion=s.net.weights.detach().tolist(),
         alpha=s.alpha,
         cold_val_ndcg=round(max(s.best, s.fusion), 4),
+        knn_weight=s.knn_weight,
     )
 
 
@@ -400,6 +434,7 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         s.net,
         modalities=[m for j, m in enumerate(MODALITIES) if bool(s.warm.masks[:, j].any())],
         alpha=s.alpha,
+        knn_weight=s.knn_weight,
         als_reg=s.config.als_reg,
         als_alpha=s.config.als_alpha,
         cf_shrinkage=s.config.cf_shrinkage,
@@ -412,6 +447,8 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         "choices": asdict(choices(s)),
         "refit_on_all": s.fixed is not None,
         "alpha_grid": {str(a): round(v, 4) for a, v in s.alphas.items()},
+        "scorer": scorer_name(s.knn_weight),
+        "scorer_grid": {f"alpha={a},knn={w}": round(v, 4) for (a, w), v in s.scorers.items()},
         "history": s.histories,
         "ridge_lambdas": s.ridge_lambdas,
         "content_pull": s.pull,
@@ -421,7 +458,7 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         "n_tags": len(s.vocab),
         "n_tag_factor_fields": len(s.tag_factors.fields),
     }
-    log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f", s.best, s.alpha)
+    log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f, knn weight %.2f", s.best, s.alpha, s.knn_weight)
     f = s.factors
     return ThawModel(
         s.net,
@@ -454,19 +491,19 @@ def train(
     ds: Dataset, split: Split, config: TrainConfig, *, progress: bool = True, features: Table | None = None
 ) -> ThawModel:
     """Train a model version. Only warm items' interactions reach ALS and the heads; cold validation items are
-    used for early stopping and to tune alpha; cold test items are never read. `features` may hold the content
-    features of the catalogue already (evaluation reuses them across seeds and methods). The model's metrics
-    record each stage's wall time and peak memory."""
+    used for early stopping and to choose the cold-start scorer; cold test items are never read. `features` may hold
+    the content features of the catalogue already (evaluation reuses them across seeds and methods). The model's
+    metrics record each stage's wall time and peak memory."""
     return _run(ds, split, config, progress, features, None).model
 
 
 def train_all(
     ds: Dataset, config: TrainConfig, *, progress: bool = True, features: Table | None = None, val_share: float = 0.1
 ) -> ThawModel:
-    """The model to serve: every choice (content pull, ridge lambdas, epochs, fusion weights, alpha) is made on a
-    seeded internal validation split (`val_share` of the items with interactions, drawn from `config.seed`), then
-    the model is refitted on all the history with those choices, so every item with interactions gets learned CF
-    factors. Its metrics keep the validation run's figures under "validation"."""
+    """The model to serve: every choice (content pull, ridge lambdas, epochs, fusion weights, alpha, knn weight) is
+    made on a seeded internal validation split (`val_share` of the items with interactions, drawn from
+    `config.seed`), then the model is refitted on all the history with those choices, so every item with
+    interactions gets learned CF factors. Its metrics keep the validation run's figures under "validation"."""
     features = catalogue_features(ds, progress=progress) if features is None else features  # read once for both
     drawn = split_items(ds, seed=config.seed, fractions=(val_share, val_share))
     internal = Split(sorted(drawn.warm + drawn.cold_test), drawn.cold_val, [])

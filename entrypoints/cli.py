@@ -53,7 +53,8 @@ def train(
     val = model.metrics["validation"]
     console.print(
         f"model [bold]{model.version}[/] written to {path} (internal validation NDCG@20 {val['cold_val_ndcg@20']}, "
-        f"alpha {model.alpha}; refitted on {len(model.item_ids)} items, {len(model.user_ids)} users)"
+        f"scorer {val['scorer']}: alpha {model.alpha}, knn weight {model.knn_weight}; "
+        f"refitted on {len(model.item_ids)} items, {len(model.user_ids)} users)"
     )
     if activate:
         n = index_dataset(rt, model, ds, sorted(ds.items))

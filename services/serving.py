@@ -14,10 +14,10 @@ from indexer.engine import Query
 from indexer.search import Hit, get_items, get_user, largest, nearest, payload_filter, query_batch, random_sample
 from services.db import history
 from services.runtime import ModelView, Runtime
-from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, knn_matrix, rank
+from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, rank
 from thaw.factors import fold_in_events
 from thaw.schema import CF, CONTENT
-from thaw.scoring import profile, served_vector, strongest
+from thaw.scoring import knn_matrix, profile, served_vector, strongest
 
 HISTORY_EVENTS = 500  # the newest events a user's folded-in vector is solved from
 PROFILE_ITEMS = 200  # the newest history items a content profile averages
@@ -204,7 +204,16 @@ def serve(
             _knn(found, view.config.embedding_dims) if "knn" in policy.arrays and found else None,
         )
         c = view.config
-        order, scores = rank(policy, cands, ctx, k, default_alpha=c.alpha, shrinkage=c.cf_shrinkage, seed=req.seed)
+        order, scores = rank(
+            policy,
+            cands,
+            ctx,
+            k,
+            default_alpha=c.alpha,
+            shrinkage=c.cf_shrinkage,
+            seed=req.seed,
+            default_knn_weight=c.knn_weight,
+        )
         items = [cands.item_ids[i] for i in order]
         payloads = {h.item_id: h.payload for h in found}
         if not view.served:  # interaction counts are kept current on the served collection

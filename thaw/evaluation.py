@@ -73,15 +73,28 @@ def rank_cold(
     *,
     alpha: float = 1.0,
     profiles: Mapping[str, np.ndarray] | None = None,
+    knn: np.ndarray | None = None,
+    knn_profiles: Mapping[str, np.ndarray] | None = None,
+    knn_weight: float = 0.0,
 ) -> dict[str, list[str]]:
-    """Every user with cold positives ranks all cold items by the blended score (alpha=1: CF score only)."""
+    """Every user with cold positives ranks all cold items by thaw.scoring.score_items (alpha=1, knn_weight=0:
+    CF score only); `knn`: the cold items' content_knn vectors, `knn_profiles`: the users' knn profiles."""
     uix = {u: i for i, u in enumerate(user_ids)}
     out = {}
     for user in positives:
         if user not in uix:
             continue
         prof = (profiles or {}).get(user)
-        scores = score_items(user_factors[uix[user]], cold_pred, cold_pred if prof is not None else None, prof, alpha)
+        scores = score_items(
+            user_factors[uix[user]],
+            cold_pred,
+            cold_pred if prof is not None else None,
+            prof,
+            alpha,
+            knn=knn,
+            knn_profile=(knn_profiles or {}).get(user),
+            knn_weight=knn_weight,
+        )
         out[user] = rank_by_scores(scores, cold_ids)
     return out
 
@@ -95,16 +108,31 @@ def cold_ndcg(
     *,
     alpha: float = 1.0,
     profiles: Mapping[str, np.ndarray] | None = None,
+    knn: np.ndarray | None = None,
+    knn_profiles: Mapping[str, np.ndarray] | None = None,
+    knn_weight: float = 0.0,
 ) -> float:
     """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none)."""
     if not positives:
         return 0.0
-    ranks = rank_cold(user_ids, user_factors, cold_ids, cold_pred, positives, alpha=alpha, profiles=profiles)
+    ranks = rank_cold(
+        user_ids,
+        user_factors,
+        cold_ids,
+        cold_pred,
+        positives,
+        alpha=alpha,
+        profiles=profiles,
+        knn=knn,
+        knn_profiles=knn_profiles,
+        knn_weight=knn_weight,
+    )
     return evaluate_rankings(ranks, positives, n_items=len(cold_ids), ks=(20,))["ndcg@20"]
 
 
 def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Each user's content profile: the centroid of the predicted vectors of their warm items."""
+    """Each user's profile over `warm_pred`, the vectors of the warm items (Thaw's predicted factors: the content
+    profile; content_knn vectors: the knn profile): the unit centroid of their warm items' vectors."""
     index = {item: i for i, item in enumerate(warm_ids)}
     rows: dict[str, list[np.ndarray]] = {}
     for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):

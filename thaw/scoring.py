@@ -1,4 +1,6 @@
-"""Pure scoring: an item's served vector, the user's content profile, and the CF/content blend."""
+"""Pure scoring: an item's served vector, the user's content profiles, and the cold-start scorer that evaluation,
+training's choice on cold validation and serving share: the CF score, similarity to the user's Thaw profile and
+content_knn similarity to their history, blended."""
 
 from __future__ import annotations
 
@@ -58,19 +60,61 @@ def blend(cf_scores: np.ndarray, content_scores: np.ndarray | None, alpha: float
     return alpha * zscore(np.asarray(cf_scores, float)) + (1.0 - alpha) * zscore(np.asarray(content_scores, float))
 
 
+def knn_matrix(text: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """content_knn vectors: each item's unit text and unit image embeddings side by side (zero rows stay zero, so
+    a missing modality adds nothing to the cosine)."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    return np.concatenate([unit(text), unit(image)], axis=1)
+
+
+def cosine(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine of each row to `query` (0 for a zero row or a zero query)."""
+    norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    return np.where(norms > 0, (rows @ query) / np.maximum(norms, 1e-12), 0.0)
+
+
+SCORERS = ("regression", "blend", "content_knn")
+
+
+def scorer_name(knn_weight: float) -> str:
+    """The cold-start candidate a knn weight names: Thaw's regression onto CF factors (0), content_knn
+    similarity to the user's history (1), or a blend of the two."""
+    return SCORERS[0] if knn_weight <= 0.0 else SCORERS[2] if knn_weight >= 1.0 else SCORERS[1]
+
+
 def score_items(
     user: np.ndarray,
     served: np.ndarray,
     contents: np.ndarray | None,
     user_profile: np.ndarray | None,
     alpha: float,
+    *,
+    knn: np.ndarray | None = None,
+    knn_profile: np.ndarray | None = None,
+    knn_weight: float = 0.0,
 ) -> np.ndarray:
-    """Blended scores of candidate items (rows of `served`, and their content vectors) for one user."""
+    """Scores of candidate items (rows of `served`, their Thaw content vectors and their content_knn vectors) for
+    one user: (1 - knn_weight) * z(Thaw's score) + knn_weight * z(content_knn cosine to the user's knn profile),
+    z-scored over the candidates; Thaw's score is the CF score blended by alpha with similarity to the user's
+    Thaw profile. Without knn vectors or a knn profile, Thaw's score alone ranks."""
+    if not 0.0 <= knn_weight <= 1.0:
+        raise ValueError(f"knn_weight must be in [0, 1], got {knn_weight}")
     cf_scores = served @ user
     if contents is None or user_profile is None:
-        return blend(cf_scores, None, alpha)
-    norms = np.linalg.norm(contents, axis=1) + 1e-12
-    return blend(cf_scores, (contents @ user_profile) / norms, alpha)
+        thaw = blend(cf_scores, None, alpha)
+    else:
+        norms = np.linalg.norm(contents, axis=1) + 1e-12
+        thaw = blend(cf_scores, (contents @ user_profile) / norms, alpha)
+    if knn_weight == 0.0 or knn is None or knn_profile is None:
+        return thaw
+    similarity = cosine(knn, knn_profile)
+    if knn_weight == 1.0:
+        return similarity
+    return (1.0 - knn_weight) * zscore(thaw) + knn_weight * zscore(similarity)
 
 
 def strongest(contents: np.ndarray, history: np.ndarray, top: int) -> list[list[tuple[int, float]]]:

@@ -24,8 +24,18 @@ def test_evaluate_meets_the_json_contract(catalog: Path, tmp_path: Path) -> None
     report = json.loads(out.read_text())
     assert report["seeds"] == [0] and len(report["per_seed"]) == 1
     run = report["per_seed"][0]
-    assert {"seed", "n_users", "n_cold_test_items"} <= set(run["protocol"])
-    expected = {"thaw", "random", "content_knn", "ridge", "mfcc_ridge", "thaw_text", "thaw_image", "thaw_audio"}
+    assert {"seed", "n_users", "n_cold_test_items", "scorer", "knn_weight", "scorer_grid"} <= set(run["protocol"])
+    expected = {
+        "thaw",
+        "random",
+        "content_knn",
+        "ridge",
+        "ridge_all",
+        "mfcc_ridge",
+        "thaw_text",
+        "thaw_image",
+        "thaw_audio",
+    }
     assert expected <= set(run["methods"]) == set(report["mean"]) == set(report["std"])
     for metrics in run["methods"].values():
         assert set(metrics) == METRICS

@@ -12,11 +12,11 @@ from scipy import stats as sps
 
 from thaw.experiments.assignment import assign, bucket
 from thaw.experiments.interleaving import outcome, summarise, team_draft
-from thaw.experiments.policies import Candidates, UserContext, knn_matrix, make_policy, rank
+from thaw.experiments.policies import Candidates, UserContext, make_policy, rank
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report
 from thaw.experiments.spec import Arm, ExperimentSpec, parse_arms, spec_problems
 from thaw.experiments.stats import ratio_difference, srm, two_proportion
-from thaw.scoring import score_items, served_vectors
+from thaw.scoring import knn_matrix, score_items, served_vectors, zscore
 
 USERS = [f"user-{i}" for i in range(10_000)]
 
@@ -184,12 +184,14 @@ def _cands() -> Candidates:
     )
 
 
-def _rank(name: str, k: int = 5, seed: int = 0, **kw: float) -> list[str]:
+def _rank(name: str, k: int = 5, seed: int = 0, knn_weight: float = 0.0, **kw: float) -> list[str]:
     user = UserContext(
         np.array([1.0, 0.0], np.float32), np.array([1.0, 0.0]), knn_matrix(np.array([[0.0, 1.0]]), np.zeros((1, 1)))[0]
     )
-    order, _ = rank(make_policy(name, **kw), _cands(), user, k, default_alpha=1.0, shrinkage=10.0, seed=seed)  # type: ignore[arg-type]
-    return [_cands().item_ids[i] for i in order]
+    policy = make_policy(name, **kw)  # type: ignore[arg-type]
+    cands = _cands()
+    order, _ = rank(policy, cands, user, k, default_alpha=1.0, shrinkage=10.0, seed=seed, default_knn_weight=knn_weight)
+    return [cands.item_ids[i] for i in order]
 
 
 def test_policies_rank_planted_candidates() -> None:
@@ -203,6 +205,12 @@ def test_policies_rank_planted_candidates() -> None:
     served = served_vectors(c.cf, c.content, c.interactions, 10.0)  # type: ignore[arg-type]
     expected = score_items(np.array([1.0, 0.0]), served, c.content, np.array([1.0, 0.0]), 0.3)
     assert _rank("thaw", alpha=0.3) == [c.item_ids[i] for i in np.argsort(-expected, kind="stable")]
+    # the model's knn weight: 1 serves content_knn's ranking, a blend adds the z-scores
+    assert _rank("thaw", knn_weight=1.0) == _rank("content_knn")
+    knn_sim = c.knn @ c.knn[1] / np.linalg.norm(c.knn, axis=1)  # type: ignore[index]
+    thaw = score_items(np.array([1.0, 0.0]), served, c.content, np.array([1.0, 0.0]), 0.3)
+    mixed = 0.5 * zscore(thaw) + 0.5 * zscore(knn_sim)
+    assert _rank("thaw", alpha=0.3, knn_weight=0.5) == [c.item_ids[i] for i in np.argsort(-mixed, kind="stable")]
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("magic")
     with pytest.raises(ValueError, match="thaw policy only"):

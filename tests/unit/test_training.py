@@ -10,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from encoders.audio import N_MELS
+from encoders.features import Table
 from encoders.fusion import Head
 from encoders.linear import ridge_map
 from encoders.tags import TagFactors
+from encoders.text import TEXT_DIM
 from encoders.training import TrainConfig, loss_fn, train, training_events
-from thaw.datasets import Split, load_dataset, split_items
+from encoders.vision import IMAGE_DIM
+from thaw.datasets import Dataset, Split, load_dataset, split_items
 from thaw.schema import item_tags
 from thaw.synthetic import generate_catalog
 
@@ -133,3 +137,54 @@ def test_thaw_train_learns_from_every_interaction(tiny: Path, tmp_path: Path, mo
         user = load_dataset(tiny).interactions.user_ids[0]
         recs = client.get(f"/users/{user}/recommendations", params={"k": 100}).json()["items"]
         assert recs and not [r for r in recs if r["cold"] and r["item_id"] in counts]
+
+
+def _planted_catalogue(out: Path, signal: str, *, seed: int = 0) -> tuple[Dataset, Table]:
+    """A text-only catalogue (the frozen text features given, so no backbone runs) where one cold-start scorer is
+    right by construction. `knn`: 50 topics, each item's text near its topic's direction, each user after one
+    topic: similarity to the user's history finds their items, while one CF factor (popularity, flat here) is blind.
+    `cf`: 8 topics nobody cares about and a quality every user wants, carried by one small text dimension: the CF
+    factors (popularity) and the regression onto them find it, while similarity to a history drawn across all
+    topics is dominated by the topics."""
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 600, 300
+    if signal == "knn":
+        topic = rng.integers(50, size=n_items)
+        text = rng.normal(size=(50, TEXT_DIM))[topic] + 0.3 * rng.normal(size=(n_items, TEXT_DIM))
+        taste = rng.integers(50, size=n_users)
+        logits, events = [6.0 * (topic == taste[u]) for u in range(n_users)], 10
+    else:
+        topics = rng.normal(size=(8, TEXT_DIM))
+        topics[:, 0] = 0.0
+        topics /= np.linalg.norm(topics, axis=1, keepdims=True)
+        quality = rng.normal(size=n_items)
+        text = topics[rng.integers(8, size=n_items)] + 0.05 * rng.normal(size=(n_items, TEXT_DIM)) / TEXT_DIM**0.5
+        text[:, 0] = 0.1 * quality
+        logits, events = [2.5 * quality] * n_users, 15
+    ids = [str(i) for i in range(n_items)]
+    out.mkdir(parents=True)
+    (out / "items.jsonl").write_text("".join(json.dumps({"item_id": i, "title": f"item {i}"}) + "\n" for i in ids))
+    rows = ["user_id,item_id"]
+    for u in range(n_users):
+        p = np.exp(logits[u] - np.max(logits[u]))
+        rows += [f"u{u},{i}" for i in rng.choice(n_items, size=events, replace=False, p=p / p.sum())]
+    (out / "interactions.csv").write_text("\n".join(rows) + "\n")
+    masks = torch.zeros(n_items, 3, dtype=torch.bool)
+    masks[:, 0] = True
+    feats = {"text": torch.from_numpy(text.astype(np.float32)), "image": torch.zeros(n_items, IMAGE_DIM)}
+    empty = [torch.zeros(0, N_MELS, 188) for _ in ids]
+    return load_dataset(out), Table(ids, feats, masks, empty, [frozenset() for _ in ids])
+
+
+@pytest.mark.parametrize(("signal", "scorer", "knn_weight"), [("knn", "content_knn", 1.0), ("cf", "regression", 0.0)])
+def test_cold_validation_picks_the_planted_scorer(tmp_path: Path, signal: str, scorer: str, knn_weight: float) -> None:
+    """Training chooses the cold-start scorer on cold validation, and it ships in the model's config: content_knn
+    similarity where that is the signal, the regression onto CF factors where that is."""
+    ds, table = _planted_catalogue(tmp_path / signal, signal)
+    split = split_items(ds, seed=0, fractions=(0.2, 0.1))
+    config = TrainConfig(factors=1 if signal == "knn" else 8, epochs=2, eval_every=1, hidden=16)
+    model = train(ds, split, config, progress=False, features=table)
+    grid = model.metrics["scorer_grid"]
+    assert (model.metrics["scorer"], model.config.knn_weight) == (scorer, knn_weight), grid
+    regression, knn = max(v for k, v in grid.items() if k.endswith("knn=0.0")), grid["alpha=1.0,knn=1.0"]
+    assert (knn > 1.5 * regression) if signal == "knn" else (regression > 1.5 * knn), grid  # planted, not a tie

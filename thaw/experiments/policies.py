@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from thaw.schema import CF, CONTENT
-from thaw.scoring import score_items, served_vectors
+from thaw.scoring import cosine, score_items, served_vectors
 
 KNN_MODALITIES = ("text", "image")  # frozen, model-free backbones: the audio embedding is learned by Thaw itself
 
@@ -77,17 +77,6 @@ class Sample:
 Query = Search | TopBy | Sample
 
 
-def knn_matrix(text: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """content_knn vectors: each item's unit text and unit image embeddings side by side (zero rows stay zero, so
-    a missing modality adds nothing to the cosine)."""
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    return np.concatenate([unit(text), unit(image)], axis=1)
-
-
 _REGISTRY: dict[str, type[Policy]] = {}
 
 
@@ -126,7 +115,14 @@ class Policy(ABC):
 
     @abstractmethod
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         """One score per candidate, higher is better; -inf marks an item the policy never shows."""
 
@@ -134,20 +130,45 @@ class Policy(ABC):
         return {"policy": self.name, "alpha": self.alpha, "model_version": self.model_version}
 
 
+def knn_searches(knn_profile: np.ndarray | None, knn_dims: Sequence[int]) -> list[Query]:
+    """Candidates nearest to a content_knn profile by each of its parts (text, image); ranked jointly after."""
+    if knn_profile is None:
+        return []
+    out: list[Query] = []
+    offset = 0
+    for modality, d in zip(KNN_MODALITIES, knn_dims, strict=True):
+        part = knn_profile[offset : offset + d]
+        offset += d
+        if d and np.linalg.norm(part) > 0:
+            out.append(Search(modality, part))
+    return out
+
+
 class ThawPolicy(Policy):
     """The CF score against each item's served vector (predicted factors sliding to learned ones as interactions
-    come), blended by alpha with similarity to the user's content profile."""
+    come), blended by alpha with similarity to the user's content profile, and by the model's knn weight with
+    content_knn similarity to the user's history (thaw.scoring.score_items; both weights chosen on cold
+    validation in training)."""
 
     name = "thaw"
     tunable = True
-    context = frozenset({"vector", "profile"})
-    arrays = ("content", "cf")
+    context = frozenset({"vector", "profile", "knn_profile"})
+    arrays = ("content", "cf", "knn")
 
     def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
-        return [] if user.vector is None else [Search(CONTENT, user.vector), Search(CF, user.vector)]
+        if user.vector is None:
+            return []
+        return [Search(CONTENT, user.vector), Search(CF, user.vector), *knn_searches(user.knn_profile, knn_dims)]
 
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         n = len(cands)
         out = np.full(n, -np.inf)
@@ -160,7 +181,17 @@ class ThawPolicy(Policy):
         served = served_vectors(cf[ok], content[ok], cands.interactions[ok], shrinkage)
         blended_content = None if np.isnan(content[ok]).any() else content[ok]
         alpha = default_alpha if self.alpha is None else self.alpha
-        out[ok] = score_items(user.vector, served, blended_content, user.profile, alpha)
+        knn = None if cands.knn is None else cands.knn[ok]
+        out[ok] = score_items(
+            user.vector,
+            served,
+            blended_content,
+            user.profile,
+            alpha,
+            knn=knn,
+            knn_profile=user.knn_profile,
+            knn_weight=default_knn_weight,
+        )
         return out
 
 
@@ -175,7 +206,14 @@ class CfOnlyPolicy(Policy):
         return [] if user.vector is None or cold_only else [Search(CF, user.vector, warm_only=True)]
 
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         out = np.full(len(cands), -np.inf)
         if len(cands) == 0 or user.vector is None or cands.cf is None:
@@ -193,27 +231,23 @@ class ContentKnnPolicy(Policy):
     arrays = ("knn",)
 
     def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
-        if user.knn_profile is None:
-            return []
-        out: list[Query] = []
-        offset = 0
-        for modality, d in zip(KNN_MODALITIES, knn_dims, strict=True):  # nearest by each part; ranked jointly
-            part = user.knn_profile[offset : offset + d]
-            offset += d
-            if d and np.linalg.norm(part) > 0:
-                out.append(Search(modality, part))
-        return out
+        return knn_searches(user.knn_profile, knn_dims)
 
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         out = np.full(len(cands), -np.inf)
         if len(cands) == 0 or user.knn_profile is None or cands.knn is None:
             return out
-        norms = np.linalg.norm(cands.knn, axis=1)
-        ok = norms > 0
-        profile_norm = max(float(np.linalg.norm(user.knn_profile)), 1e-12)
-        out[ok] = (cands.knn[ok] @ user.knn_profile) / (norms[ok] * profile_norm)
+        ok = np.linalg.norm(cands.knn, axis=1) > 0
+        out[ok] = cosine(cands.knn[ok], user.knn_profile)
         return out
 
 
@@ -226,7 +260,14 @@ class PopularityPolicy(Policy):
         return [TopBy("interactions")]
 
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         return np.asarray(cands.interactions, float).copy()
 
@@ -240,7 +281,14 @@ class RandomPolicy(Policy):
         return [Sample()]
 
     def scores(
-        self, cands: Candidates, user: UserContext, *, default_alpha: float, shrinkage: float, seed: int
+        self,
+        cands: Candidates,
+        user: UserContext,
+        *,
+        default_alpha: float,
+        shrinkage: float,
+        seed: int,
+        default_knn_weight: float = 0.0,
     ) -> np.ndarray:
         return np.random.default_rng(seed).random(len(cands))
 
@@ -264,8 +312,17 @@ def rank(
     default_alpha: float,
     shrinkage: float,
     seed: int = 0,
+    default_knn_weight: float = 0.0,
 ) -> tuple[list[int], list[float]]:
-    """The indices of the policy's top k candidates (ties by candidate order) and their scores."""
-    s = policy.scores(cands, user, default_alpha=default_alpha, shrinkage=shrinkage, seed=seed)
+    """The indices of the policy's top k candidates (ties by candidate order) and their scores; `default_alpha` and
+    `default_knn_weight` are the model's serving defaults."""
+    s = policy.scores(
+        cands,
+        user,
+        default_alpha=default_alpha,
+        shrinkage=shrinkage,
+        seed=seed,
+        default_knn_weight=default_knn_weight,
+    )
     order = [int(i) for i in np.argsort(-s, kind="stable")[:k] if np.isfinite(s[i])]
     return order, [float(s[i]) for i in order]

@@ -65,6 +65,7 @@ class ReplayModel:
     als_alpha: float
     shrinkage: float
     cold_val_ndcg: float | None = None
+    knn_weight: float = 0.0
 
 
 @dataclass
@@ -202,7 +203,16 @@ def _serve(s: _State, spec: ExperimentSpec, interleave: tuple[str, str] | None, 
     ctx = UserContext(m.user_factors[u], m.profiles.get(user), profile([m.knn[j] for j in s.seen[user]]))
 
     def top(policy: Policy, rec_id: str) -> list[int]:
-        order, _ = rank(policy, pool, ctx, k, default_alpha=m.alpha, shrinkage=m.shrinkage, seed=seed_of(rec_id))
+        order, _ = rank(
+            policy,
+            pool,
+            ctx,
+            k,
+            default_alpha=m.alpha,
+            shrinkage=m.shrinkage,
+            seed=seed_of(rec_id),
+            default_knn_weight=m.knn_weight,
+        )
         return [int(idx[i]) for i in order]
 
     def record(rec_id: str, arm: str | None, served: list[int], teams: list[str] | None) -> ExposureLog:
