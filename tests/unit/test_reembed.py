@@ -167,6 +167,8 @@ def test_versions_api_refuses_what_it_cannot_do_with_a_reason(tmp_path: Path) ->
     plant_version(tmp_path / "models", "v1", dim=8, embedding_dims={"text": 384})
     client = TestClient(create_app(Settings(data_dir=tmp_path)))
     listing = client.get("/models").json()
+    trained_at = listing["versions"][0].pop("trained_at")
+    assert datetime.fromisoformat(trained_at.replace("Z", "+00:00")).tzinfo is not None
     assert listing["served"] is None and listing["versions"][0] == {
         "version": "v1",
         "dim": 8,
@@ -174,6 +176,9 @@ def test_versions_api_refuses_what_it_cannot_do_with_a_reason(tmp_path: Path) ->
         "indexed": False,
         "items": None,
         "served": False,
+        "alpha": 1.0,
+        "data": {"items": 0, "users": 0, "interactions": None},  # a planted version: no training data recorded
+        "validation": {},
     }
     resp = client.post("/models/v9/activate")
     assert resp.status_code == 404 and "model version 'v9' is not trained" in resp.json()["detail"]
