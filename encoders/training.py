@@ -24,7 +24,7 @@ from encoders.fusion import MODALITY_ORDER, ThawNet, audio_embeddings, head_inpu
 from encoders.linear import content_factors, init_ridge
 from encoders.tags import TagFactors, TagVocab
 from thaw.datasets import Dataset, Interactions, Split, split_items
-from thaw.evaluation import cold_ndcg, history_profiles, user_positives
+from thaw.evaluation import cold_ndcg, cold_ndcg_grid, history_profiles, user_positives
 from thaw.factors import Factors, fit_als
 from thaw.profiling import StageMeter
 from thaw.schema import MODALITIES
@@ -377,21 +377,19 @@ def tune_blend(s: TrainState) -> None:
     served = s.warm.with_tag_factors(s.tag_factors)  # as a served item is encoded: its own factors count
     profiles = history_profiles(s.ds, s.warm.ids, predict(s.net, served))
     knn_profiles = history_profiles(s.ds, s.warm.ids, s.warm.knn())
-    pred, knn, f = predict(s.net, s.val), s.val.knn(), s.factors
-    for w in KNN_WEIGHTS:
-        for a in ALPHAS if w < 1.0 else (1.0,):  # content_knn alone: alpha plays no part
-            s.scorers[(a, w)] = cold_ndcg(
-                f.user_ids,
-                f.users,
-                s.val_ids,
-                pred,
-                s.val_pos,
-                alpha=a,
-                profiles=profiles,
-                knn=knn,
-                knn_profiles=knn_profiles,
-                knn_weight=w,
-            )
+    pred, f = predict(s.net, s.val), s.factors
+    grid = [(a, w) for w in KNN_WEIGHTS for a in (ALPHAS if w < 1.0 else (1.0,))]  # content_knn alone: no alpha
+    s.scorers = cold_ndcg_grid(
+        f.user_ids,
+        f.users,
+        s.val_ids,
+        pred,
+        s.val_pos,
+        grid,
+        profiles=profiles,
+        knn=s.val.knn(),
+        knn_profiles=knn_profiles,
+    )
     s.alphas = {a: s.scorers[(a, 0.0)] for a in ALPHAS}
     pure = [aw for aw in s.scorers if aw[1] in (0.0, 1.0)]
     blends = [aw for aw in s.scorers if aw not in pure]

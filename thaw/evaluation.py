@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from thaw.datasets import Dataset, Interactions
-from thaw.scoring import profile, score_items
+from thaw.scoring import cosine, profile, score_items
 
 
 def recall_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
@@ -139,3 +139,84 @@ def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray
         if item in index:
             rows.setdefault(user, []).append(warm_pred[index[item]])
     return {u: p for u, vs in rows.items() if (p := profile(vs)) is not None}
+
+
+def ndcg_rows(
+    scores: np.ndarray, positive: np.ndarray, k: int = 20, n_positives: np.ndarray | None = None
+) -> np.ndarray:
+    """`ndcg_at_k` of every row of a (users, items) score matrix against a 0/1 positive mask of the same shape, each
+    row ranked as `rank_by_scores` ranks (descending score, ties broken by position); `n_positives`: the users'
+    positive counts when some positives are not among the columns (default: the mask's row sums)."""
+    n_users, n_items = scores.shape
+    top = min(k, n_items)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    counts = positive.sum(1) if n_positives is None else np.asarray(n_positives)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(counts, k)]
+    if top == 0 or n_users == 0:
+        return np.zeros(n_users)
+    kth = -np.partition(-scores, top - 1, axis=1)[:, top - 1 : top]  # each row's top-th largest score
+    above, at = scores > kth, scores == kth
+    chosen = above | (at & (np.cumsum(at, axis=1) <= top - above.sum(1, keepdims=True)))  # first ties by position
+    cols = np.nonzero(chosen)[1].reshape(n_users, top)
+    order = np.argsort(-np.take_along_axis(scores, cols, 1), axis=1, kind="stable")
+    gains = np.take_along_axis(positive, np.take_along_axis(cols, order, 1), 1).astype(float)
+    dcg = gains @ discounts[:top]
+    return np.divide(dcg, ideal, out=np.zeros(n_users), where=ideal > 0)
+
+
+def _zscore_rows(x: np.ndarray) -> np.ndarray:
+    """thaw.scoring.zscore of every row."""
+    std = x.std(axis=1, keepdims=True)
+    return np.where(std > 1e-12, (x - x.mean(axis=1, keepdims=True)) / np.where(std > 1e-12, std, 1.0), 0.0)
+
+
+def cold_ndcg_grid(
+    user_ids: list[str],
+    user_factors: np.ndarray,
+    cold_ids: list[str],
+    cold_pred: np.ndarray,
+    positives: Mapping[str, set[str]],
+    candidates: Sequence[tuple[float, float]],
+    *,
+    profiles: Mapping[str, np.ndarray] | None = None,
+    knn: np.ndarray | None = None,
+    knn_profiles: Mapping[str, np.ndarray] | None = None,
+) -> dict[tuple[float, float], float]:
+    """`cold_ndcg` of every (alpha, knn_weight) candidate at once: each user's CF scores, Thaw-profile similarities
+    and content_knn cosines over the cold items are computed once, then combined per candidate as
+    thaw.scoring.score_items combines them, and NDCG@20 is taken over all users together."""
+    if not positives:
+        return {c: 0.0 for c in candidates}
+    uix = {u: i for i, u in enumerate(user_ids)}
+    users = [u for u in sorted(positives) if u in uix]
+    if not users:
+        return {c: 0.0 for c in candidates}
+    col = {item: j for j, item in enumerate(cold_ids)}
+    pos = np.zeros((len(users), len(cold_ids)), dtype=bool)
+    for r, u in enumerate(users):
+        pos[r, [col[i] for i in positives[u] if i in col]] = True
+    profiles, knn_profiles = profiles or {}, knn_profiles or {}
+    norms = np.linalg.norm(cold_pred, axis=1) + 1e-12
+    zero = np.zeros(len(cold_ids))
+    cf = np.stack([np.asarray(cold_pred @ user_factors[uix[u]], float) for u in users])
+    has_prof = np.array([u in profiles for u in users], dtype=bool)[:, None]
+    sim = np.stack([np.asarray((cold_pred @ profiles[u]) / norms, float) if u in profiles else zero for u in users])
+    cosines = {u: cosine(knn, knn_profiles[u]) for u in users if knn is not None and u in knn_profiles}
+    kind = next(iter(cosines.values())).dtype if cosines else zero.dtype  # z-scored in score_items' precision
+    knn_cos = np.stack([cosines.get(u, zero).astype(kind) for u in users])
+    has_knn = np.array([u in cosines for u in users], dtype=bool)[:, None]
+    n_pos = np.array([len(positives[u]) for u in users])
+    z_cf, z_sim, z_knn = _zscore_rows(cf), _zscore_rows(sim), _zscore_rows(knn_cos)
+    out = {}
+    for alpha, w in candidates:
+        if not (0.0 <= alpha <= 1.0 and 0.0 <= w <= 1.0):
+            raise ValueError(f"alpha and knn_weight must be in [0, 1], got {alpha}, {w}")
+        thaw = np.where(has_prof, alpha * z_cf + (1.0 - alpha) * z_sim, cf)
+        if w == 0.0:
+            scores = thaw
+        elif w == 1.0:
+            scores = np.where(has_knn, knn_cos, thaw)
+        else:
+            scores = np.where(has_knn, (1.0 - w) * _zscore_rows(thaw) + w * z_knn, thaw)
+        out[(alpha, w)] = float(ndcg_rows(scores, pos, n_positives=n_pos).sum() / len(positives))
+    return out

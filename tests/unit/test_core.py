@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from thaw.datasets import Interactions, load_dataset, split_items
-from thaw.evaluation import evaluate_rankings, ndcg_at_k, precision_at_k, recall_at_k
+from thaw.evaluation import (
+    cold_ndcg,
+    cold_ndcg_grid,
+    evaluate_rankings,
+    ndcg_at_k,
+    ndcg_rows,
+    precision_at_k,
+    rank_by_scores,
+    recall_at_k,
+)
 from thaw.factors import fit_als, fold_in
 from thaw.schema import InvalidIdError, check_id, item_text, point_id, user_point_id
 from thaw.scoring import blend, cf_weight, profile, served_vector, strongest, zscore
@@ -113,6 +122,52 @@ def test_metrics_on_hand_computed_values() -> None:
     assert out["recall@2"] == pytest.approx((1 / 3 + 1) / 2)
     assert out["ndcg@2"] == pytest.approx(((1 / math.log2(3)) / (1 + 1 / math.log2(3)) + 1) / 2)
     assert out["coverage@20"] == pytest.approx(4 / 4)
+
+
+def test_ndcg_rows_matches_the_per_user_ranking_ties_included() -> None:
+    rng = np.random.default_rng(0)
+    items = [f"i{j}" for j in range(60)]
+    scores = rng.integers(0, 6, size=(40, 60)).astype(float)  # many ties, broken by position as rank_by_scores does
+    positive = rng.random((40, 60)) < 0.15
+    positive[0] = False
+    per_user = [
+        evaluate_rankings(
+            {"u": rank_by_scores(row, items)}, {"u": {items[j] for j in np.flatnonzero(p)}}, n_items=60, ks=(20,)
+        )["ndcg@20"]
+        for row, p in zip(scores, positive, strict=True)
+    ]
+    np.testing.assert_allclose(ndcg_rows(scores, positive), per_user, rtol=0, atol=1e-9)
+
+
+def test_cold_ndcg_grid_matches_cold_ndcg_for_every_candidate() -> None:
+    rng = np.random.default_rng(1)
+    users, cold = [f"u{i}" for i in range(30)], [f"c{j}" for j in range(50)]
+    factors = rng.normal(size=(30, 8)).astype(np.float32)
+    pred = rng.normal(size=(50, 8)).astype(np.float32)
+    knn = rng.normal(size=(50, 12)).astype(np.float32)
+    knn[::7] = 0.0  # items without content_knn vectors tie at cosine 0
+    positives = {u: {c for c in cold if rng.random() < 0.1} | {"warm"} for u in users[:25] + ["gone"]}
+    positives = {u: p for u, p in positives.items() if len(p) > 1}
+    profiles = {u: rng.normal(size=8) for u in users[:20]}
+    knn_profiles = {u: rng.normal(size=12).astype(np.float32) for u in users[5:28]}
+    candidates = [(a, w) for w in (0.0, 0.25, 0.5, 1.0) for a in (0.0, 0.5, 1.0)]
+    grid = cold_ndcg_grid(
+        users, factors, cold, pred, positives, candidates, profiles=profiles, knn=knn, knn_profiles=knn_profiles
+    )
+    for a, w in candidates:
+        one = cold_ndcg(
+            users,
+            factors,
+            cold,
+            pred,
+            positives,
+            alpha=a,
+            profiles=profiles,
+            knn=knn,
+            knn_profiles=knn_profiles,
+            knn_weight=w,
+        )
+        assert grid[(a, w)] == pytest.approx(one, abs=1e-9, rel=0)
 
 
 def test_dataset_reading_and_split(tmp_path: Path) -> None:
