@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from services import experiments
 from services.db import utcnow
 from services.runtime import Runtime
-from services.serving import Served, read_request, serve, user_context
+from services.serving import Served, needs, read_request, serve, user_context
 from thaw.errors import InvalidInputError
 from thaw.experiments.assignment import seed_of
 from thaw.experiments.policies import make_policy
@@ -66,8 +66,8 @@ def recommend(
         rt, user_id, cold_only=cold_only, seed=seed_of(rec_id), match=match, exclude=exclude, explain=explain
     )
     view = req.view(rt)
-    needs = frozenset({"vector", *(["profile"] if explain else [])}).union(*(p.context for p in policies))
-    contexts = {view.version: user_context(rt, view, req, needs)}
+    extra = frozenset({"vector", *(["profile"] if explain else [])})
+    contexts = {view.version: user_context(rt, view, req, extra | needs(policies, view.config.knn_weight))}
     unknown = contexts[view.version].vector is None  # the same for every arm: eligibility cannot differ by arm
     if unknown:
         policies = [make_policy(FALLBACK)]

@@ -14,7 +14,16 @@ from indexer.engine import Query
 from indexer.search import Hit, get_items, get_user, largest, nearest, payload_filter, query_batch, random_sample
 from services.db import history
 from services.runtime import ModelView, Runtime
-from thaw.experiments.policies import KNN_MODALITIES, Candidates, Policy, Search, TopBy, UserContext, rank
+from thaw.experiments.policies import (
+    KNN_MODALITIES,
+    Candidates,
+    Policy,
+    Search,
+    TopBy,
+    UserContext,
+    index_vectors,
+    rank,
+)
 from thaw.factors import fold_in_events
 from thaw.schema import CF, CONTENT
 from thaw.scoring import knn_matrix, profile, served_vector, strongest
@@ -158,9 +167,12 @@ def _rows(hits: list[Hit], name: str, dim: int) -> np.ndarray:
     return np.stack([h.vectors.get(name, missing) for h in hits]).astype(np.float32)
 
 
-def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, req: Request, k: int) -> list[Hit]:
+def _candidates(
+    rt: Runtime, view: ModelView, policy: Policy, arrays: Sequence[str], ctx: UserContext, req: Request, k: int
+) -> list[Hit]:
     n = max(100, 5 * k)
     dims = view.config.embedding_dims
+    with_vectors = index_vectors(arrays)
     batch: list[Query] = []
     for q in policy.queries(ctx, cold_only=req.cold_only, knn_dims=[dims.get(m, 0) for m in KNN_MODALITIES]):
         warm_only = isinstance(q, Search) and q.warm_only
@@ -168,7 +180,7 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
             req.match, exclude_items=[*req.seen, *req.exclude], cold_only=req.cold_only, warm_only=warm_only
         )
         if isinstance(q, Search):
-            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=policy.vectors, fields=FIELDS))
+            batch.append(nearest(q.vector, q.using, n, flt, with_vectors=with_vectors, fields=FIELDS))
         elif isinstance(q, TopBy):
             batch.append(largest(q.key, n, flt, fields=FIELDS))
         else:
@@ -180,28 +192,33 @@ def _candidates(rt: Runtime, view: ModelView, policy: Policy, ctx: UserContext, 
     return list(hits.values())
 
 
+def needs(policies: Sequence[Policy], knn_weight: float) -> frozenset[str]:
+    """The UserContext fields these policies read under a model whose knn weight is `knn_weight`."""
+    return frozenset().union(*(p.reads(knn_weight)[0] for p in policies))
+
+
 def serve(
     rt: Runtime, policies: Sequence[Policy], k: int, req: Request, contexts: dict[str, UserContext] | None = None
 ) -> list[Served]:
     """Rank up to k unseen items for the user with each policy. The user's context is built once per model version
     (`contexts` may hold it already, by version). UnknownVersionError / VersionNotIndexedError when a policy's model
     version cannot be served."""
-    needs = frozenset().union(*(p.context for p in policies))
     contexts = {} if contexts is None else contexts
     out = []
     for policy in policies:
         view = req.view(rt, policy.model_version)
         if view.version not in contexts:
-            contexts[view.version] = user_context(rt, view, req, needs)
+            contexts[view.version] = user_context(rt, view, req, needs(policies, view.config.knn_weight))
         ctx = contexts[view.version]
-        found = _candidates(rt, view, policy, ctx, req, k)
+        arrays = policy.reads(view.config.knn_weight)[1]
+        found = _candidates(rt, view, policy, arrays, ctx, req, k)
         dim = len(ctx.vector) if ctx.vector is not None else view.config.dim
         cands = Candidates(
             [h.item_id for h in found],
             np.array([int(h.payload.get("interactions", 0)) for h in found], np.int64),
-            _rows(found, CONTENT, dim) if "content" in policy.arrays and found else None,
-            _rows(found, CF, dim) if "cf" in policy.arrays and found else None,
-            _knn(found, view.config.embedding_dims) if "knn" in policy.arrays and found else None,
+            _rows(found, CONTENT, dim) if "content" in arrays and found else None,
+            _rows(found, CF, dim) if "cf" in arrays and found else None,
+            _knn(found, view.config.embedding_dims) if "knn" in arrays and found else None,
         )
         c = view.config
         order, scores = rank(

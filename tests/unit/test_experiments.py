@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from thaw.experiments.assignment import assign, bucket
 from thaw.experiments.interleaving import outcome, summarise, team_draft
-from thaw.experiments.policies import Candidates, UserContext, make_policy, rank
+from thaw.experiments.policies import Candidates, UserContext, index_vectors, make_policy, rank
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report
 from thaw.experiments.spec import Arm, ExperimentSpec, parse_arms, spec_problems
 from thaw.experiments.stats import ratio_difference, srm, two_proportion
@@ -273,3 +273,12 @@ def test_report_counts_joins_slices_and_time_to_first_click() -> None:
     }
     assert report["vs_control"]["t"]["ctr"]["diff"] == 0.5
     assert report["srm"]["observed_users"] == {"t": 2, "c": 1} and not report["srm"]["mismatch"]
+
+
+def test_the_thaw_policy_reads_content_knn_only_where_the_model_weighs_it() -> None:
+    thaw = make_policy("thaw")
+    assert thaw.reads(0.0) == (frozenset({"vector", "profile"}), ("content", "cf"))
+    assert thaw.reads(0.5) == (frozenset({"vector", "profile", "knn_profile"}), ("content", "cf", "knn"))
+    assert index_vectors(thaw.reads(0.0)[1]) == ["content", "cf"]
+    assert index_vectors(thaw.reads(1.0)[1]) == ["content", "cf", "text", "image"]
+    assert make_policy("content_knn").reads(0.0) == (frozenset({"knn_profile"}), ("knn",))

@@ -91,7 +91,7 @@ class Policy(ABC):
     name: ClassVar[str]
     tunable: ClassVar[bool] = False
     context: ClassVar[frozenset[str]] = frozenset()  # the UserContext fields it reads: vector, profile, knn_profile
-    arrays: ClassVar[tuple[str, ...]] = ()  # the Candidates arrays it scores: content, cf, knn
+    arrays: ClassVar[tuple[str, ...]] = ()  # the Candidates arrays it scores: content, cf, knn (as `reads` adds to)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -103,11 +103,9 @@ class Policy(ABC):
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
-    @property
-    def vectors(self) -> list[str]:
-        """The named vectors the candidates need from the index."""
-        names = {"content": [CONTENT], "cf": [CF], "knn": list(KNN_MODALITIES)}
-        return [v for a in self.arrays for v in names[a]]
+    def reads(self, knn_weight: float) -> tuple[frozenset[str], tuple[str, ...]]:
+        """The UserContext fields and Candidates arrays it uses under a model whose knn weight is `knn_weight`."""
+        return self.context, self.arrays
 
     def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
         """Which candidates to fetch from the index for this user (the API; the replay ranks everything)."""
@@ -128,6 +126,12 @@ class Policy(ABC):
 
     def as_dict(self) -> dict[str, Any]:
         return {"policy": self.name, "alpha": self.alpha, "model_version": self.model_version}
+
+
+def index_vectors(arrays: Sequence[str]) -> list[str]:
+    """The named vectors candidates need from the index for these Candidates arrays."""
+    names = {"content": [CONTENT], "cf": [CF], "knn": list(KNN_MODALITIES)}
+    return [v for a in arrays for v in names[a]]
 
 
 def knn_searches(knn_profile: np.ndarray | None, knn_dims: Sequence[int]) -> list[Query]:
@@ -152,8 +156,14 @@ class ThawPolicy(Policy):
 
     name = "thaw"
     tunable = True
-    context = frozenset({"vector", "profile", "knn_profile"})
-    arrays = ("content", "cf", "knn")
+    context = frozenset({"vector", "profile"})
+    arrays = ("content", "cf")
+
+    def reads(self, knn_weight: float) -> tuple[frozenset[str], tuple[str, ...]]:
+        """content_knn's profile and vectors only where the model gives them weight."""
+        if knn_weight == 0.0:
+            return self.context, self.arrays
+        return self.context | {"knn_profile"}, (*self.arrays, "knn")
 
     def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
         if user.vector is None:
