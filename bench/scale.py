@@ -136,10 +136,18 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def run(n: int, queries: int, rng: np.random.Generator) -> dict[str, object]:
-    root = Path(tempfile.mkdtemp(prefix="thaw-scale-"))
+def run(n: int, queries: int, rng: np.random.Generator, root: Path | None) -> dict[str, object]:
+    """Build the catalogue under `root` (a fresh temporary directory if None), or reuse the one a previous run with
+    the same `root` and size built there."""
+    root = Path(tempfile.mkdtemp(prefix="thaw-scale-")) if root is None else root
     settings = Settings(data_dir=root)
-    content, build_s = build(settings, n, rng)
+    built = root / f"built-{n}.json"
+    if built.exists():
+        content, build_s = np.load(root / "content.npy"), json.loads(built.read_text())
+    else:
+        content, build_s = build(settings, n, rng)
+        np.save(root / "content.npy", content)
+        built.write_text(json.dumps(build_s))
     open_s = open_seconds(settings)
     port = free_port()
     env = {**os.environ, "THAW_DATA_DIR": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -170,10 +178,11 @@ def run(n: int, queries: int, rng: np.random.Generator) -> dict[str, object]:
                 out[name] = {**percentiles(times), "rps": round(rps, 1)}
                 errors += errs + errs_4
         exact_times, recalls = [], []
+        unit = content / np.linalg.norm(content, axis=1, keepdims=True)  # similar items rank by cosine
         for q in range(queries):
             item = int(items[q])
             t = time.perf_counter()
-            scores = content @ content[item]
+            scores = unit @ unit[item]
             scores[item] = -np.inf
             top = np.argpartition(-scores, 10)[:10]
             exact_times.append(time.perf_counter() - t)
@@ -197,8 +206,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, required=True)
     parser.add_argument("--queries", type=int, default=300, help="requests per figure at one client")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--root", type=Path, help="data directory to build in, or to reuse if built there before")
     args = parser.parse_args()
-    result = run(args.items, args.queries, np.random.default_rng(0))
+    result = run(args.items, args.queries, np.random.default_rng(0), args.root)
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     result["engine"] = "Qdrant Edge (qdrant-edge-py) in the API process, through the HTTP API (uvicorn, 1 process)"
     args.json.parent.mkdir(parents=True, exist_ok=True)

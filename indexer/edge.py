@@ -17,16 +17,26 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from indexer.engine import HNSW_EF, OVERSAMPLING, CollectionSpec, Engine, Filter, Query, Record, Selection
+from indexer.engine import (
+    FULL_SCAN_KB,
+    HNSW_EF,
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
+    OVERSAMPLING,
+    CollectionSpec,
+    Engine,
+    Filter,
+    Query,
+    Record,
+    Selection,
+)
 from thaw.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
 _DISTANCE = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot}
 _PAYLOAD = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
-# m=16/ef_construct=100 graphs, segments of up to ~200k points; search in the calling thread (the API's threads are
-# the parallelism, and the machine's cores are shared with the workers).
-_HNSW = qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000)
+_HNSW = qe.HnswIndexConfig(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB)
 _PARAMS = qe.SearchParams(
     hnsw_ef=HNSW_EF, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
 )

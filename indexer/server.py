@@ -10,11 +10,23 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from indexer.engine import HNSW_EF, OVERSAMPLING, CollectionSpec, Engine, Filter, Query, Record, Selection
+from indexer.engine import (
+    FULL_SCAN_KB,
+    HNSW_EF,
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
+    OVERSAMPLING,
+    CollectionSpec,
+    Engine,
+    Filter,
+    Query,
+    Record,
+    Selection,
+)
 
 _DISTANCE = {"cosine": qm.Distance.COSINE, "dot": qm.Distance.DOT}
 _PAYLOAD = {"keyword": qm.PayloadSchemaType.KEYWORD, "integer": qm.PayloadSchemaType.INTEGER}
-_HNSW = qm.HnswConfigDiff(m=16, ef_construct=100, full_scan_threshold=10_000)
+_HNSW = qm.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB)
 _PARAMS = qm.SearchParams(
     hnsw_ef=HNSW_EF, quantization=qm.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
 )
