@@ -47,7 +47,8 @@ from services.db import (
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, drop_deleted, encode, item_input, stored_point
+from services.embedding import PermanentError, content_hash, drop_deleted, item_input, stored_point
+from services.onboard import encode_each
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
 from thaw.factors import Factors, fold_in_events
@@ -321,17 +322,14 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
             _fail(row, str(exc))
             continue
         todo.append((row, record))
-    try:
-        encoded = encode(model, inputs) if todo else []
-    except Exception:  # find the item the batch fails on; the others go on
-        encoded, kept = [], []
-        for (row, record), inp in zip(todo, inputs, strict=True):
-            try:
-                encoded.append(model.encode([inp])[0])
-                kept.append((row, record))
-            except Exception as exc:
-                _fail(row, f"the {version} encoder failed on it: {type(exc).__name__}: {exc}")
-        todo = kept
+    encoded, kept = [], []
+    for (row, record), enc in zip(todo, encode_each(model, inputs), strict=True):
+        if isinstance(enc, str):  # the encoder failed on this item; the others go on
+            _fail(row, enc)
+        else:
+            encoded.append(enc)
+            kept.append((row, record))
+    todo = kept
     if not todo:
         return
     cf = _cf_vectors(model, audiences(session, [r.item_id for r, _ in todo]))
