@@ -148,6 +148,11 @@ SCHEMA_LOCK = 0x7468_6177  # the advisory lock that serializes schema creation o
 JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, succeeded, failed
 
 
+def record_dispatch(job: Job) -> None:
+    """Mark a job as sent now, before its message goes out (a retry moves `dispatched_at` to when it is due)."""
+    job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
+
+
 def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
     """One lifecycle line of a job, with its id, kind, item, attempt, and (once it ended) the seconds since it started
     (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
@@ -164,6 +169,13 @@ def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
             fields["reason"] = job.error
             text += f" ({job.error})"
     JOB_LOG.log(level, "%s", text, extra=fields)
+
+
+def mark_started(job: Job) -> None:
+    """A queued job whose first chunk begins is running from now (the caller commits)."""
+    if job.status == JobStatus.QUEUED:
+        job.status, job.started_at = JobStatus.RUNNING, utcnow()
+        log_job(job, "started")
 
 
 def finish_job(job: Job, status: str, error: str | None = None) -> None:

@@ -153,17 +153,19 @@ def ingest_batch(rt: Runtime, items: Sequence[Item]) -> Outcome:
                 record.revision, record.updated_at = record.revision + 1, utcnow()
             record.metadata_, record.media = item.fields, media
         session.commit()
-        batch = [records[i] for i in ids]
-        for record in batch:
-            session.refresh(record)
-        session.expunge_all()  # no read transaction stays open while the batch is encoded
+        fresh = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(ids)))}
+        batch = [fresh[i] for i in ids]
+        session.expunge_all()
+        session.commit()  # no read transaction stays open while the batch is encoded
     out.add(embed_records(rt, batch, versions))
     return out
 
 
 def batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """The items in batches of `size`, in order of text length: a batch's texts are padded to its longest, so
+    texts of like length together make the least padding (the order of onboarding is otherwise arbitrary)."""
     batch: list[Item] = []
-    for item in items:
+    for item in sorted(items, key=lambda i: (len(i.text), i.item_id)):
         batch.append(item)
         if len(batch) == size:
             yield batch

@@ -44,6 +44,7 @@ from services.db import (
     finish_job,
     interaction_counts,
     log_job,
+    mark_started,
     running_reembeds,
     utcnow,
 )
@@ -189,7 +190,7 @@ def start(
     return Started(job_id, len(item_ids), chunked(item_ids, chunk_size) or [[]])
 
 
-def _counts(session: Session, job_id: str) -> dict[str, int]:
+def item_counts(session: Session, job_id: str) -> dict[str, int]:
     rows = session.execute(
         select(ReembedItem.status, func.count()).where(ReembedItem.job_id == job_id).group_by(ReembedItem.status)
     )
@@ -201,7 +202,7 @@ def progress(session: Session, job: Job, now: datetime | None = None) -> dict[st
     rj = session.get(ReembedJob, job.job_id)
     if rj is None:
         return None
-    counts = _counts(session, job.job_id)
+    counts = item_counts(session, job.job_id)
     done, failed, pending = (
         counts.get(ItemStatus.DONE, 0),
         counts.get(ItemStatus.FAILED, 0),
@@ -285,9 +286,7 @@ def run_chunk(rt: Runtime, job_id: str, item_ids: list[str]) -> str:
             return "unknown"
         if JobStatus(job.status).finished:
             return job.status
-        if job.status == JobStatus.QUEUED:
-            job.status, job.started_at = JobStatus.RUNNING, utcnow()
-            log_job(job, "started")
+        mark_started(job)
         rj.touched_at = utcnow()
         session.commit()
         rows = _pending(session, job_id, item_ids)
@@ -386,7 +385,7 @@ def finalize(rt: Runtime, job_id: str) -> str:
         job, rj = session.get(Job, job_id), session.get(ReembedJob, job_id)
         if job is None or rj is None or JobStatus(job.status).finished or rj.total is None:
             return job.status if job is not None else "unknown"
-        counts = _counts(session, job_id)
+        counts = item_counts(session, job_id)
         if counts.get(ItemStatus.PENDING, 0):
             return job.status
         served = active_collection_version(rt.index)
