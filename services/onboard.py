@@ -70,7 +70,8 @@ def encode_each(model: ThawModel, inputs: list[ItemInput]) -> list[EncodedItem |
 
 def stored_hashes(rt: Runtime, version: str, item_ids: list[str]) -> dict[str, str | None]:
     """The content hash each item's point in `version` carries (items without a point are absent)."""
-    hits = get_items(rt.index, item_ids, vectors=False, collection=collection_name(ITEMS, version), fields=True)
+    collection = collection_name(ITEMS, version)
+    hits = get_items(rt.index, item_ids, vectors=False, collection=collection, fields=["item_id", "content_hash"])
     return {h.item_id: h.payload.get("content_hash") for h in hits}
 
 
@@ -134,7 +135,7 @@ def ingest_batch(rt: Runtime, items: Sequence[Item]) -> Outcome:
     wanted = {i.item_id: content_hash(i.fields, staged[i.item_id][1]) for i in items}
     held = [stored_hashes(rt, v, list(wanted)) for v in versions]
     changed = [i for i in items if any(h.get(i.item_id) != wanted[i.item_id] for h in held)]
-    out = Outcome(skipped=[i.item_id for i in items if i not in changed])
+    out = Outcome(skipped=sorted(set(wanted) - {i.item_id for i in changed}))
     if not changed:
         return out
     for item in changed:
