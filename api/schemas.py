@@ -13,10 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from thaw.errors import InvalidInputError, TooLargeError
-from thaw.schema import JobStatus, Modality, VectorName, check_id
+from thaw.schema import ItemStatus, JobStatus, Modality, VectorName, check_id
 
 MetadataValue = str | int | float | bool | list[str | int | float] | None
 MAX_METADATA_BYTES = 1024 * 1024  # an item's metadata as JSON, however it arrives
+MAX_BATCH_ITEMS = 1000  # items in one POST /items:batch
+MAX_BATCH_BYTES = 256 * 1024 * 1024  # one POST /items:batch request body
+MAX_BATCH_METADATA_BYTES = 16 * 1024 * 1024  # the NDJSON part of a batch
 MAX_BODY_BYTES = 4 * 1024 * 1024  # any request body but an upload's
 FILTER_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -192,6 +195,14 @@ class IngestAccepted(BaseModel):
     job_id: str
 
 
+class BatchAccepted(BaseModel):
+    """POST /items:batch: the one job of the batch; `failed` items were refused at once (the job lists why)."""
+
+    job_id: str
+    total: int
+    failed: int
+
+
 class ItemPublic(ItemBase):
     modalities: list[str]
     indexed: bool
@@ -222,9 +233,16 @@ class ItemFailure(BaseModel):
     error: str
 
 
+class BatchItemStatus(BaseModel):
+    item_id: str
+    status: ItemStatus
+    error: str | None = None
+
+
 class JobProgress(BaseModel):
-    """A re-embedding job's progress: done + failed + pending = total; `skipped` (unchanged content already in the
-    target version) are counted in `done`; `failures` lists the first 100 failed items with their reasons."""
+    """A re-embedding or batch upload job's progress: done + failed + pending = total; `skipped` (unchanged content
+    already in the version) are counted in `done`; `failures` lists the first 100 failed items with their reasons;
+    a batch job lists every item's status in `items`."""
 
     total: int
     done: int
@@ -234,10 +252,11 @@ class JobProgress(BaseModel):
     items_per_s: float | None = None
     eta_s: float | None = None
     source_version: str | None = None
-    target_version: str
+    target_version: str | None = None
     filter: dict[str, Any] | None = None
     switched: bool = False
     failures: list[ItemFailure] = Field(default_factory=list)
+    items: list[BatchItemStatus] | None = None
 
 
 class JobPublic(BaseModel):

@@ -106,14 +106,24 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 
 @app.command()
 def ingest(
-    item_id: str,
+    item_id: Annotated[str | None, typer.Argument(help="one item to upload to a running service")] = None,
+    data: DataOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="--data: items per batch (one encode, one upsert)")] = 64,
     url: str = "http://127.0.0.1:8000",
     metadata: Annotated[str, typer.Option(help="JSON object of text fields")] = "{}",
     image: Path | None = None,
     audio: Path | None = None,
     wait: bool = True,
 ) -> None:
-    """Upload one item to a running service and wait until it is servable."""
+    """Upload one item to a running service and wait until it is servable; or, with --data, onboard a dataset's
+    whole catalogue into the data directory in batches (resumable: a rerun skips the items already embedded)."""
+    if data is not None:
+        if item_id is not None:
+            raise typer.BadParameter("give an item id (one upload) or --data (a catalogue), not both")
+        _ingest_dataset(data, batch_size)
+        return
+    if item_id is None:
+        raise typer.BadParameter("give an item id to upload, or --data DIR to onboard a catalogue")
     try:
         fields = json.loads(metadata)
     except json.JSONDecodeError as exc:
@@ -124,6 +134,39 @@ def ingest(
         accepted = client.upload_item(item_id, fields, image=image, audio=audio)
         job = client.wait_job(accepted["job_id"]) if wait else accepted
         console.print_json(json.dumps(job))
+
+
+def _ingest_dataset(data: Path, batch_size: int) -> None:
+    from tqdm import tqdm
+
+    from entrypoints.runtime import build_runtime
+    from services.onboard import Outcome, batches, ingest_batch
+    from thaw.datasets import load_items
+    from thaw.settings import Settings
+
+    items = load_items(data)
+    rt = build_runtime(Settings())
+    done = Outcome()
+    try:
+        with tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar:
+            for batch in batches(items.values(), batch_size):
+                out = ingest_batch(rt, batch)
+                done.add(out)
+                bar.update(len(batch))
+                bar.set_postfix(embedded=len(done.embedded), skipped=len(done.skipped), failed=len(done.failed))
+    except KeyboardInterrupt:
+        console.print("interrupted: run the same command again to finish (embedded items are skipped)")
+        raise typer.Exit(130) from None
+    finally:
+        rt.close()
+    for item, reason in sorted(done.failed.items())[:20]:
+        console.print(f"[red]failed[/] {item}: {reason}")
+    console.print(
+        f"{len(items)} items: {len(done.embedded)} embedded, {len(done.skipped)} unchanged (skipped), "
+        f"{len(done.failed)} failed"
+    )
+    if done.failed:
+        raise typer.Exit(1)
 
 
 @contextmanager

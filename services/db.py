@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -22,12 +23,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.schema import DefaultClause
 
 from thaw.schema import UNFINISHED, ItemStatus, JobStatus
 
@@ -102,12 +101,14 @@ class ReembedItem(Base):
 
 class Interaction(Base):
     __tablename__ = "interactions"
+    # Events join exposures by rec_id, user and item (experiment reports); rec_id alone is its prefix.
+    __table_args__ = (Index("ix_interactions_rec_user_item", "rec_id", "user_id", "item_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(128), index=True)
     item_id: Mapped[str] = mapped_column(String(128), index=True)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
     kind: Mapped[str] = mapped_column(String(32), default="interaction")
-    rec_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    rec_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -148,6 +149,11 @@ SCHEMA_LOCK = 0x7468_6177  # the advisory lock that serializes schema creation o
 JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, succeeded, failed
 
 
+def record_dispatch(job: Job) -> None:
+    """Mark a job as sent now, before its message goes out (a retry moves `dispatched_at` to when it is due)."""
+    job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
+
+
 def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
     """One lifecycle line of a job, with its id, kind, item, attempt, and (once it ended) the seconds since it started
     (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
@@ -164,6 +170,13 @@ def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
             fields["reason"] = job.error
             text += f" ({job.error})"
     JOB_LOG.log(level, "%s", text, extra=fields)
+
+
+def mark_started(job: Job) -> None:
+    """A queued job whose first chunk begins is running from now (the caller commits)."""
+    if job.status == JobStatus.QUEUED:
+        job.status, job.started_at = JobStatus.RUNNING, utcnow()
+        log_job(job, "started")
 
 
 def finish_job(job: Job, status: str, error: str | None = None) -> None:
@@ -186,25 +199,26 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":  # API and worker processes start at once: one creates, the others wait
+        if engine.dialect.name == "postgresql":  # API and worker processes start at once: one migrates, the others wait
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
-        Base.metadata.create_all(conn)
-        upgrade(conn)
+        migrate(conn)
     return engine
 
 
-def upgrade(conn: Connection) -> None:
-    """Add the columns a newer Thaw declares to tables an older one created (create_all adds only tables)."""
-    inspector = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present:
-                continue
-            ddl = column.type.compile(conn.dialect)
-            server_default = column.server_default
-            default = f" DEFAULT {server_default.arg}" if isinstance(server_default, DefaultClause) else ""
-            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}{default}'))
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def migrate(conn: Connection, revision: str = "head") -> None:
+    """Bring the schema to `revision` with the revisions in services/migrations (Alembic), inside the caller's
+    transaction. A new database gets every revision; one created before the schema had revisions gets the baseline's
+    missing columns and indexes, then the rest; one at the newest revision is left as it is."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
 
 
 def history(session: Session, user_id: str, limit: int = 500) -> list[tuple[str, float]]:

@@ -23,6 +23,9 @@ class Dispatcher(Protocol):
     def reembed_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
         """Re-embed these chunks of a re-embedding job's items."""
 
+    def batch_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
+        """Embed these chunks of a batch upload job's items."""
+
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
     UnavailableError,  # nothing served yet, the broker or index unreachable

@@ -19,9 +19,8 @@ from indexer.collections import active_collection_version
 from indexer.search import Hit, get_item, get_items, similar
 from indexer.writer import delete_items
 from services import experiments
-from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, utcnow
+from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, record_dispatch, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
-from services.jobs import record_dispatch
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
 from thaw.media import AUDIO_KINDS, IMAGE_KINDS, MEDIA_MODALITIES, decode_audio, decode_image, sniff_kind

@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from services import reembed
+from services import batches, reembed
 from services.db import Job, as_utc, finish_job, running_reembeds, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.runtime import Runtime
@@ -31,11 +31,38 @@ class ReembedDefaults:
 
 
 def read(session: Session, job_id: str) -> tuple[Job, dict[str, Any] | None]:
-    """A job and, for a re-embedding job, its progress figures."""
+    """A job and, for a re-embedding or batch upload job, its progress figures."""
     job = session.get(Job, job_id)
     if job is None:
         raise NotFoundError(f"job {job_id!r} does not exist")
+    if job.kind == batches.KIND:
+        return job, batches.progress(session, job)
     return job, reembed.progress(session, job) if job.kind == "reembed" else None
+
+
+def submit_batch(rt: Runtime, dispatcher: Dispatcher, items: list[batches.BatchItem]) -> batches.Submitted:
+    """Record a batch upload job and send its chunks; when the broker does not take them, the job sweep sends the
+    job's pending items later."""
+    submitted = batches.submit(rt, items)
+    try:
+        dispatcher.batch_chunks(submitted.job_id, submitted.chunks)
+    except BrokerUnavailableError as exc:
+        log.warning("batch job %s recorded; the broker did not take it (%s): the sweep sends it", submitted.job_id, exc)
+    return submitted
+
+
+def resend_batches(rt: Runtime, dispatcher: Dispatcher, stall_seconds: float | None) -> int:
+    """Send again the pending items of batch jobs with no sign of life for `stall_seconds` (None: every unfinished
+    one, at start-up); returns the jobs sent."""
+    sent = 0
+    for job_id in batches.stalled(rt, stall_seconds):
+        try:
+            dispatcher.batch_chunks(job_id, batches.resume(rt, job_id))
+        except BrokerUnavailableError as exc:
+            log.warning("broker unreachable, batch job %s waits for it: %s", job_id, exc)
+            break
+        sent += 1
+    return sent
 
 
 def listed(
@@ -119,11 +146,6 @@ class SweepPolicy:
         return max(1.0, min(self.resend_seconds, self.reembed_stall_seconds) / 4)
 
 
-def record_dispatch(job: Job) -> None:
-    """Mark a job as sent now, before its message goes out (a retry moves `dispatched_at` to when it is due)."""
-    job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
-
-
 def lost_embeds(session: Session, policy: SweepPolicy, now: datetime) -> list[tuple[str, str, int]]:
     """(job id, item id, dispatches) of the unfinished embedding jobs whose message is presumed lost:
     - running for longer than `resend_seconds` (its worker died and the broker lost or still holds the message);
@@ -201,7 +223,7 @@ def resend_unfinished(rt: Runtime, dispatcher: Dispatcher, policy: SweepPolicy) 
     """At the start of the process that owns the embedded queue: send every unfinished job again."""
     with rt.session() as session:
         reembeds = [job_id for job_id, _ in running_reembeds(session)]
-    sent = resend_embeds(rt, dispatcher, policy, everything=True)
+    sent = resend_embeds(rt, dispatcher, policy, everything=True) + resend_batches(rt, dispatcher, None)
     for job_id in reembeds:
         try:
             resume(rt, dispatcher, job_id)
@@ -217,6 +239,7 @@ def sweep(rt: Runtime, dispatcher: Dispatcher, policy: SweepPolicy) -> int:
     sent = resend_embeds(rt, dispatcher, policy)
     if sent:
         log.warning("re-sent %d embedding jobs whose messages were presumed lost", sent)
+    sent += resend_batches(rt, dispatcher, policy.reembed_stall_seconds)
     for job_id in reembed.stalled_jobs(rt, policy.reembed_stall_seconds):
         try:
             chunks = resume(rt, dispatcher, job_id)

@@ -44,10 +44,12 @@ from services.db import (
     finish_job,
     interaction_counts,
     log_job,
+    mark_started,
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, drop_deleted, encode, item_input, stored_point
+from services.embedding import PermanentError, content_hash, drop_deleted, item_input, stored_point
+from services.onboard import encode_each
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
 from thaw.factors import Factors, fold_in_events
@@ -188,7 +190,7 @@ def start(
     return Started(job_id, len(item_ids), chunked(item_ids, chunk_size) or [[]])
 
 
-def _counts(session: Session, job_id: str) -> dict[str, int]:
+def item_counts(session: Session, job_id: str) -> dict[str, int]:
     rows = session.execute(
         select(ReembedItem.status, func.count()).where(ReembedItem.job_id == job_id).group_by(ReembedItem.status)
     )
@@ -200,7 +202,7 @@ def progress(session: Session, job: Job, now: datetime | None = None) -> dict[st
     rj = session.get(ReembedJob, job.job_id)
     if rj is None:
         return None
-    counts = _counts(session, job.job_id)
+    counts = item_counts(session, job.job_id)
     done, failed, pending = (
         counts.get(ItemStatus.DONE, 0),
         counts.get(ItemStatus.FAILED, 0),
@@ -284,9 +286,7 @@ def run_chunk(rt: Runtime, job_id: str, item_ids: list[str]) -> str:
             return "unknown"
         if JobStatus(job.status).finished:
             return job.status
-        if job.status == JobStatus.QUEUED:
-            job.status, job.started_at = JobStatus.RUNNING, utcnow()
-            log_job(job, "started")
+        mark_started(job)
         rj.touched_at = utcnow()
         session.commit()
         rows = _pending(session, job_id, item_ids)
@@ -321,17 +321,14 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
             _fail(row, str(exc))
             continue
         todo.append((row, record))
-    try:
-        encoded = encode(model, inputs) if todo else []
-    except Exception:  # find the item the batch fails on; the others go on
-        encoded, kept = [], []
-        for (row, record), inp in zip(todo, inputs, strict=True):
-            try:
-                encoded.append(model.encode([inp])[0])
-                kept.append((row, record))
-            except Exception as exc:
-                _fail(row, f"the {version} encoder failed on it: {type(exc).__name__}: {exc}")
-        todo = kept
+    encoded, kept = [], []
+    for (row, record), enc in zip(todo, encode_each(model, inputs), strict=True):
+        if isinstance(enc, str):  # the encoder failed on this item; the others go on
+            _fail(row, enc)
+        else:
+            encoded.append(enc)
+            kept.append((row, record))
+    todo = kept
     if not todo:
         return
     cf = _cf_vectors(model, audiences(session, [r.item_id for r, _ in todo]))
@@ -388,7 +385,7 @@ def finalize(rt: Runtime, job_id: str) -> str:
         job, rj = session.get(Job, job_id), session.get(ReembedJob, job_id)
         if job is None or rj is None or JobStatus(job.status).finished or rj.total is None:
             return job.status if job is not None else "unknown"
-        counts = _counts(session, job_id)
+        counts = item_counts(session, job_id)
         if counts.get(ItemStatus.PENDING, 0):
             return job.status
         served = active_collection_version(rt.index)

@@ -46,6 +46,12 @@ class Accepted(TypedDict):
     job_id: str
 
 
+class BatchAccepted(TypedDict):
+    job_id: str
+    total: int
+    failed: int
+
+
 class Job(TypedDict):
     job_id: str
     kind: str
@@ -287,6 +293,17 @@ class _Endpoints:
         """Upload (or replace) an item with its metadata and media (bytes or a file path); a worker embeds it."""
         files = {f: _media(v) for f, v in (("image", image), ("audio", audio)) if v is not None}
         return Req(data={"item_id": item_id, "metadata": json.dumps(dict(metadata or {}))}, files=files or None)
+
+    @endpoint("POST", "/items:batch")
+    def upload_batch(
+        self, items: Sequence[Mapping[str, Any]], media: Mapping[str, Media] | None = None
+    ) -> Req[BatchAccepted]:
+        """Upload (or replace) many items in one request: `items` are objects with `item_id` and text fields; `media`
+        maps `image:<item_id>` / `audio:<item_id>` to bytes or a file path. One job embeds the batch; GET
+        /jobs/{job_id} lists each item's status."""
+        ndjson = "".join(json.dumps(dict(item)) + "\n" for item in items).encode("utf-8")
+        files = {"metadata": ("metadata.ndjson", ndjson), **{k: _media(v) for k, v in (media or {}).items()}}
+        return Req(files=files)
 
     @endpoint("PATCH", "/items/{item_id}")
     def patch_item(self, item_id: str, metadata: Mapping[str, Any]) -> Req[Accepted]:

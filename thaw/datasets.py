@@ -137,6 +137,14 @@ def load_dataset(path: Path, *, min_rating: float | None = None) -> Dataset:
     return Dataset(root, items, interactions, split_file)
 
 
+def load_items(path: Path) -> dict[str, Item]:
+    """Only the items of a dataset directory (its items.jsonl), e.g. to onboard a catalogue's content."""
+    root = Path(path).resolve()
+    if not (root / "items.jsonl").is_file():
+        raise DatasetError(f"{root} is not a dataset directory: items.jsonl is missing")
+    return _read_items(root / "items.jsonl", root)
+
+
 def _read_split(path: Path) -> dict[str, str]:
     with path.open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -37,7 +37,7 @@ class JobStatus(StrEnum):
 
 
 UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
-JobKind = Literal["embed", "reembed"]  # one item's embedding; a re-embedding of the catalogue with a version
+JobKind = Literal["embed", "reembed", "batch"]  # one item's embedding; a re-embedding with a version; a batch upload
 
 
 class ItemStatus(StrEnum):

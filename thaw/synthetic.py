@@ -181,3 +181,21 @@ def generate_catalog(
             for j, i in enumerate(chosen):
                 writer.writerow([f"u{u}", str(i), 1, 1_700_000_000 + u * 1000 + j])
     return out
+
+
+def text_catalog(out_dir: Path, *, n_items: int, seed: int = 0) -> Path:
+    """Write a text-only catalogue of `n_items` (title and description, each item one or two tastes, item ids
+    `t0`, `t1`, ...) in the dataset directory format, with no interactions (a catalogue to onboard); return it."""
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "items.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(n_items):
+            mix = np.zeros(len(TOPICS))
+            main, other = rng.choice(len(TOPICS), size=2, replace=False)
+            mix[main] = rng.uniform(0.65, 1.0)
+            mix[other] = 1 - mix[main]
+            title, description = _text(mix, rng)
+            fh.write(json.dumps({"item_id": f"t{i}", "title": title, "description": description}) + "\n")
+    (out / "interactions.csv").write_text("user_id,item_id\n", encoding="utf-8")
+    return out

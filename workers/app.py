@@ -15,6 +15,7 @@ from workers import transport
 
 EMBED = "thaw.embed_item"
 REEMBED = "thaw.reembed_chunk"
+BATCH = "thaw.batch_chunk"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class CeleryDispatcher:
     def reembed_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
         for chunk in chunks:
             self._send(REEMBED, [job_id, chunk])
+
+    def batch_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
+        for chunk in chunks:
+            self._send(BATCH, [job_id, chunk])
 
 
 def start_embedded_worker(app: Celery) -> object:

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Task, shared_task
 
-from services import embedding, reembed
+from services import batches, embedding, reembed
 from services.dispatch import is_transient
 from services.runtime import Runtime
-from workers.app import EMBED, REEMBED
+from workers.app import BATCH, EMBED, REEMBED
 
 log = logging.getLogger(__name__)
 _runtime: Runtime | None = None
@@ -82,3 +82,13 @@ def reembed_chunk(self: Task, job_id: str, item_ids: list[str]) -> str:
     except Exception as exc:
         fail = lambda reason: reembed.fail_items(runtime(), job_id, item_ids, reason)  # noqa: E731
         return _retry_or_fail(self, exc, fail, f"re-embedding chunk of job {job_id}", lambda _due: None)
+
+
+@shared_task(bind=True, name=BATCH, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def batch_chunk(self: Task, job_id: str, item_ids: list[str]) -> str:
+    """Embed a chunk of a batch upload job's items (pending ones only)."""
+    try:
+        return batches.run_chunk(runtime(), job_id, item_ids)
+    except Exception as exc:
+        fail = lambda reason: batches.fail_items(runtime(), job_id, item_ids, reason)  # noqa: E731
+        return _retry_or_fail(self, exc, fail, f"chunk of batch job {job_id}", lambda _due: None)

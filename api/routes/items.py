@@ -18,8 +18,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from api.deps import DispatcherDep, RuntimeDep, require_model
 from api.schemas import (
     DEFAULT_PAGE,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+    MAX_BATCH_METADATA_BYTES,
     MAX_METADATA_BYTES,
     MAX_PAGE,
+    BatchAccepted,
     IngestAccepted,
     ItemCreate,
     ItemPage,
@@ -33,7 +37,8 @@ from api.schemas import (
     encode_cursor,
     parse_filter,
 )
-from services import items
+from services import items, jobs
+from services.batches import BatchItem, media_owner
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, TooLargeError, UnsupportedMediaError
 from thaw.schema import Modality, VectorName, check_id
@@ -104,16 +109,21 @@ def _json(text: str, what: str) -> Any:
         raise InvalidInputError(f"{what} is nested too deeply") from exc
 
 
-async def _multipart(request: Request, limit: int) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+async def _form(request: Request, stream: Any, *, max_files: int, max_fields: int, max_part_size: int) -> FormData:
+    """A multipart body parsed strictly; a form field over `max_part_size` is 413, a malformed body 422."""
     parser = _StrictMultiPart(
-        request.headers, request.stream(), max_files=2, max_fields=8, max_part_size=MAX_METADATA_BYTES
+        request.headers, stream, max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
     )
     try:
-        form = await parser.parse()
+        return await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Part exceeded maximum size"):
-            raise TooLargeError(f"a form field is larger than the {MAX_METADATA_BYTES}-byte metadata limit") from exc
+            raise TooLargeError(f"a form field is larger than the {max_part_size}-byte limit") from exc
         raise InvalidInputError(f"malformed multipart body: {exc.message}") from exc
+
+
+async def _multipart(request: Request, limit: int) -> tuple[str, dict[str, Any], dict[str, bytes]]:
+    form = await _form(request, request.stream(), max_files=2, max_fields=8, max_part_size=MAX_METADATA_BYTES)
     try:
         return await _form_item(form, limit)
     finally:
@@ -168,6 +178,123 @@ async def create_item(request: Request, rt: RuntimeDep, dispatcher: DispatcherDe
     item_id, metadata, media = await _parse(request, rt)
     job_id = await run_in_threadpool(items.submit, rt, dispatcher, item_id, metadata, media)  # decoding: off the loop
     return JSONResponse({"item_id": item_id, "job_id": job_id}, status_code=202)
+
+
+_BATCH_BODY = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["metadata"],
+                    "properties": {
+                        "metadata": {
+                            "type": "string",
+                            "description": "NDJSON: one JSON object per line, item_id and the item's text fields",
+                        },
+                    },
+                    "additionalProperties": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "media files, each part named image:<item_id> or audio:<item_id>",
+                    },
+                }
+            }
+        },
+        "required": True,
+    }
+}
+
+
+def _ndjson(text: str) -> list[tuple[str, dict[str, Any] | str]]:
+    """The lines of a batch: (item id, its metadata, or why the metadata is refused). A line that is not a JSON object
+    with a valid item_id refuses the whole request (422), naming the line."""
+    out: list[tuple[str, dict[str, Any] | str]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        row = _json(line, f"metadata line {lineno}")
+        if not isinstance(row, dict):
+            raise InvalidInputError(f"metadata line {lineno} must be a JSON object, got {type(row).__name__}")
+        try:
+            item_id = check_id(row.pop("item_id", None))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"metadata line {lineno}: {exc}") from exc
+        try:
+            out.append((item_id, check_metadata(row)))
+        except InvalidInputError as exc:  # this item fails; the others go on
+            out.append((item_id, str(exc)))
+    if not out:
+        raise InvalidInputError("the metadata part has no item: send one JSON object per line")
+    if len(out) > MAX_BATCH_ITEMS:
+        raise TooLargeError(f"the batch has {len(out)} items, more than the {MAX_BATCH_ITEMS}-item limit")
+    return out
+
+
+async def _limited(request: Request) -> Any:
+    """The request body, refused (413) past MAX_BATCH_BYTES."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > MAX_BATCH_BYTES:
+            raise TooLargeError(f"a batch is at most {MAX_BATCH_BYTES} bytes")
+        yield chunk
+
+
+async def _batch(request: Request, limit: int) -> list[BatchItem]:
+    """A batch's items (one per line) with their media, and why an item is refused already."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedMediaError("send multipart/form-data: a metadata part (NDJSON) and the media files")
+    if int(request.headers.get("content-length") or 0) > MAX_BATCH_BYTES:
+        raise TooLargeError(f"a batch is at most {MAX_BATCH_BYTES} bytes")
+    form = await _form(
+        request,
+        _limited(request),
+        max_files=2 * MAX_BATCH_ITEMS + 1,
+        max_fields=1,
+        max_part_size=MAX_BATCH_METADATA_BYTES,
+    )
+    try:
+        raw = form.get("metadata")
+        if isinstance(raw, UploadFile):
+            raw = (await raw.read(MAX_BATCH_METADATA_BYTES + 1)).decode("utf-8", errors="strict")
+        if not isinstance(raw, str):
+            raise InvalidInputError("a batch needs a metadata part: NDJSON, one item per line")
+        lines = _ndjson(raw)
+        known = dict(lines)
+        refused: dict[str, str] = {}
+        media: dict[str, dict[str, bytes]] = {}
+        for name, part in form.multi_items():
+            if name == "metadata":
+                continue
+            modality, item_id = media_owner(name, known)
+            if not isinstance(part, UploadFile):
+                raise InvalidInputError(f"{name} must be a file upload")
+            try:
+                media.setdefault(item_id, {})[modality] = await _read_upload(part, limit, name)
+            except InvalidInputError as exc:  # too large or empty: this item fails
+                refused.setdefault(item_id, str(exc))
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"the metadata part is not UTF-8 text: {exc.reason}") from exc
+    finally:
+        await form.close()
+    return [
+        BatchItem(i, {}, error=m) if isinstance(m, str) else BatchItem(i, m, media.get(i, {}), refused.get(i))
+        for i, m in lines
+    ]
+
+
+@router.post("/items:batch", status_code=202, response_model=BatchAccepted, openapi_extra=_BATCH_BODY)
+async def create_items(request: Request, rt: RuntimeDep, dispatcher: DispatcherDep) -> JSONResponse:
+    """Upload (or replace) many items in one multipart request: a `metadata` part of NDJSON (one JSON object per line
+    with `item_id` and the item's text fields) and the media files, each part named `image:<item_id>` or
+    `audio:<item_id>`. One job embeds the batch on the workers in chunks; GET /jobs/{job_id} lists each item's status.
+    An item with bad media, bad metadata or an id sent twice fails alone, with the reason; a line that is not JSON
+    with a valid item_id, or a file for no item, refuses the request (422); over 1000 items or 256 MiB: 413."""
+    batch = await _batch(request, rt.limits.max_upload_bytes)
+    submitted = await run_in_threadpool(jobs.submit_batch, rt, dispatcher, batch)
+    body = {"job_id": submitted.job_id, "total": submitted.total, "failed": submitted.failed}
+    return JSONResponse(body, status_code=202)
 
 
 @router.patch("/items/{item_id}", status_code=202, response_model=IngestAccepted)

@@ -125,7 +125,7 @@ def test_an_upload_becomes_servable_on_postgres_seen_in_metrics_and_logs(
     assert {line["job_id"] for line in queued} == {done["job_id"], failed["job_id"]}
 
 
-def test_the_schema_upgrade_adds_missing_columns_on_postgres(postgres: PostgresServer) -> None:
+def test_the_schema_revisions_add_missing_columns_and_indexes_on_postgres(postgres: PostgresServer) -> None:
     import psycopg
 
     url = postgres.database("older")
@@ -139,6 +139,8 @@ def test_the_schema_upgrade_adds_missing_columns_on_postgres(postgres: PostgresS
     engine = make_engine(url)
     make_engine(url).dispose()  # a second start changes nothing
     assert {"dispatched_at", "dispatches"} <= {c["name"] for c in inspect(engine).get_columns("jobs")}
+    joins = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("interactions")}
+    assert joins["ix_interactions_rec_user_item"] == ["rec_id", "user_id", "item_id"]
     with Session(engine) as session:
         job = session.get(Job, "a")
         assert job is not None and job.dispatches == 0 and job.dispatched_at is None

@@ -40,6 +40,9 @@ class Recorder:
     def reembed_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
         raise AssertionError("no re-embedding job in these tests")
 
+    def batch_chunks(self, job_id: str, chunks: list[list[str]]) -> None:
+        raise AssertionError("no batch job in these tests")
+
 
 @pytest.fixture()
 def rt(tmp_path: Path) -> Runtime:
