@@ -68,6 +68,8 @@ class Job(Base):
     # The outbox: when the job's message was last sent (or is due, for a retry) and how often it was sent.
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The embedding job whose task claimed this one into its batch (itself for the batch's leader); None until then.
+    batch_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class ReembedJob(Base):

@@ -1,5 +1,6 @@
 """The job outbox: which unfinished embedding jobs are presumed lost and sent again, the claim that keeps two
-sweeps from sending one job twice, the dispatch cap, the schema upgrade, and the one error classification."""
+sweeps from sending one job twice, the dispatch cap, the schema upgrade, the one error classification, and the claim
+of an embedding batch."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from entrypoints.runtime import build_runtime
 from services import jobs
 from services.db import Job, make_engine, utcnow
 from services.dispatch import BrokerUnavailableError, is_transient
+from services.embedding import claim_batch, release
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, UnavailableError
 from thaw.schema import JobStatus
@@ -218,3 +220,35 @@ def test_embedded_mode_sends_a_lost_job_again_and_it_ends(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
     assert job["status"] == "failed" and job["error"].startswith("TypeError"), job  # permanent: no retry
+
+
+def test_a_task_claims_its_job_and_the_oldest_queued_ones_that_are_due(rt: Runtime) -> None:
+    for k in range(5):
+        add_job(rt, f"j{k}", JobStatus.QUEUED, sent_ago=10 - k)
+    add_job(rt, "later", JobStatus.QUEUED, sent_ago=-30)  # a retry due in 30 s
+    claimed, status = claim_batch(rt, "j3", 3)
+    assert (claimed, status) == (["j3", "j0", "j1"], JobStatus.RUNNING)
+    with rt.session() as session:
+        batch = {j.job_id: j.batch_id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING)}
+    assert batch == {"j0": "j3", "j1": "j3", "j3": "j3"}
+    # the message of a job another batch holds returns at once; so does a finished job's
+    assert claim_batch(rt, "j1", 3) == ([], JobStatus.RUNNING)
+    assert claim_batch(rt, "j2", 3)[0] == ["j2", "j4"]  # the retry is not due yet
+    with rt.session() as session:
+        session.execute(update(Job).where(Job.job_id == "j4").values(status=JobStatus.SUCCEEDED))
+        session.commit()
+    assert claim_batch(rt, "j4", 3) == ([], JobStatus.SUCCEEDED)
+
+
+def test_a_leader_message_that_comes_back_claims_its_batch_again(rt: Runtime) -> None:
+    """Its worker died mid-batch: the redelivered message of the leader takes back the jobs the batch held."""
+    for k in range(3):
+        add_job(rt, f"j{k}", JobStatus.QUEUED, sent_ago=10 - k)
+    assert claim_batch(rt, "j0", 8)[0] == ["j0", "j1", "j2"]
+    add_job(rt, "new", JobStatus.QUEUED, sent_ago=1)
+    claimed, _ = claim_batch(rt, "j0", 8)
+    assert claimed == ["j0", "j1", "j2", "new"]
+    with rt.session() as session:
+        assert [j.attempts for j in session.query(Job).order_by(Job.job_id)] == [2, 2, 2, 1]
+    release(rt, claimed)  # a transient failure: back in the queue, for any batch
+    assert claim_batch(rt, "new", 2)[0] == ["new", "j0"]
