@@ -185,42 +185,49 @@ def each(run: Callable[[list[T]], Sequence[R]], items: list[T]) -> list[R | Exce
     return [each(run, [item])[0] for item in items]
 
 
-def claim_batch(rt: Runtime, job_id: str, size: int) -> tuple[list[str], str]:
-    """One transaction that makes `job_id`'s task the leader of a batch of at most `size` embedding jobs: its own job,
-    the jobs an earlier batch it led still holds (its message came back after its worker died), and the oldest
-    queued jobs that are due (uploads waiting for their own message). Returns the claimed ids, the leader's first, and
-    the job's status; no ids when there is nothing to do: the job finished, or another batch is running it (that
-    batch finishes it, or its leader's message comes back and claims it again, or the job sweep sends it again)."""
+def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
+    """One transaction that claims a batch of at most `size` embedding jobs. With `job_id` (the job of the task's
+    message), its task leads the batch: its own job unless another batch holds it or it finished, the jobs an earlier
+    batch it led still holds (its message came back after its worker died), then the oldest queued jobs that are due.
+    Without its own job the batch is the oldest queued jobs, led by the first. Returns the claimed ids, the leader's
+    first; none when nothing is left to do. A job another batch holds is that batch's: it finishes it, or its leader's
+    message comes back and claims it again, or the job sweep sends it again."""
     now = utcnow()
+    claim = update(Job).values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1)
     with rt.session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise PermanentError(f"job {job_id!r} does not exist")
-        if JobStatus(job.status).finished:
-            return [], job.status
-        claim = update(Job).values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1, batch_id=job_id)
-        free = or_(Job.status == JobStatus.QUEUED, Job.batch_id.is_(None), Job.batch_id == job_id)
-        own = session.execute(claim.where(Job.job_id == job_id, Job.status.in_(UNFINISHED), free))
-        if cast("CursorResult[Any]", own).rowcount != 1:
+        leader, taken = None, 0
+        if job_id is not None:
+            free = or_(Job.status == JobStatus.QUEUED, Job.batch_id.is_(None), Job.batch_id == job_id)
+            own = session.execute(
+                claim.values(batch_id=job_id).where(Job.job_id == job_id, Job.status.in_(UNFINISHED), free)
+            )
+            if cast("CursorResult[Any]", own).rowcount == 1:
+                leader = job_id
+                held = select(Job.job_id).where(
+                    Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.job_id != job_id
+                )
+                held_ids = list(session.scalars(held.order_by(Job.created_at).limit(size - 1)))
+                if held_ids:
+                    session.execute(claim.values(batch_id=job_id).where(Job.job_id.in_(held_ids)))
+                taken = 1 + len(held_ids)
+        due = or_(Job.dispatched_at.is_(None), Job.dispatched_at <= now)
+        queued = select(Job.job_id).where(Job.kind == "embed", Job.status == JobStatus.QUEUED, due)
+        queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - taken))) if size > taken else []
+        if leader is None and not queued_ids:
             session.rollback()
-            return [], JobStatus.RUNNING
-        held = select(Job.job_id).where(Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.job_id != job_id)
-        held_ids = list(session.scalars(held.order_by(Job.created_at).limit(size - 1)))
-        if held_ids:
-            session.execute(claim.where(Job.job_id.in_(held_ids), Job.status == JobStatus.RUNNING))
-        if size - 1 > len(held_ids):
-            due = or_(Job.dispatched_at.is_(None), Job.dispatched_at <= now)
-            queued = select(Job.job_id).where(Job.kind == "embed", Job.status == JobStatus.QUEUED, due)
-            queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - 1 - len(held_ids))))
-            session.execute(claim.where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED))
+            return []
+        leader = leader or queued_ids[0]
+        if queued_ids:
+            mark = claim.values(batch_id=leader)
+            session.execute(mark.where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED))
         # what this transaction holds: another one (PostgreSQL) may have taken some of the queued ids first
-        mine = select(Job).where(Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.started_at == now)
+        mine = select(Job).where(Job.batch_id == leader, Job.status == JobStatus.RUNNING, Job.started_at == now)
         found = session.scalars(mine.execution_options(populate_existing=True))
-        jobs = sorted(found, key=lambda j: (j.job_id != job_id, as_utc(j.created_at)))
+        jobs = sorted(found, key=lambda j: (j.job_id != leader, as_utc(j.created_at)))
         for j in jobs:
             log_job(j, "started")  # before the commit, which expires what the line reads
         session.commit()
-        return [j.job_id for j in jobs], JobStatus.RUNNING
+        return [j.job_id for j in jobs]
 
 
 def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
@@ -262,8 +269,9 @@ def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
                 if status == JobStatus.SUCCEEDED and job.job_id not in outcome:
                     job.model_version = versions[0]
                 finish_job(job, status, reason)
+            statuses = {job.job_id: job.status for job in jobs}  # read before the commit expires them
             session.commit()
-            return {job.job_id: job.status for job in jobs}
+            return statuses
     except Exception as exc:
         if is_transient(exc):
             release(rt, job_ids)
@@ -301,13 +309,16 @@ def release(rt: Runtime, job_ids: Sequence[str]) -> None:
 
 def embed_item(rt: Runtime, item_id: str, job_id: str, *, batch_size: int = 1) -> str:
     """The task of one uploaded item's job: embed it in a batch with up to `batch_size` - 1 other embedding jobs
-    that are waiting (claim_batch, embed_batch), at once, without waiting for more; return at once when its job
-    finished or another batch runs it. Returns the job's status."""
-    claimed, status = claim_batch(rt, job_id, batch_size)
-    if not claimed:
-        return status
-    statuses = embed_batch(rt, claimed)
-    return statuses.get(job_id, JobStatus.FAILED)  # none: the item was deleted meanwhile, and its job with it
+    that are queued, at once, without waiting for more (claim_batch, embed_batch); then batch after batch of the
+    queued jobs until none is left (uploads that no message of their own was sent for, jobs services.jobs.covered).
+    Returns the job's status."""
+    lead: str | None = job_id
+    while claimed := claim_batch(rt, lead, batch_size):
+        embed_batch(rt, claimed)
+        lead = None
+    with rt.session() as session:
+        job = session.get(Job, job_id)
+        return job.status if job is not None else "deleted"
 
 
 def requeue(rt: Runtime, job_id: str, due: datetime) -> None:

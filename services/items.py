@@ -21,7 +21,7 @@ from indexer.writer import delete_items
 from services import experiments
 from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, utcnow
 from services.dispatch import BrokerUnavailableError, Dispatcher
-from services.jobs import record_dispatch
+from services.jobs import covered, record_dispatch
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
 from thaw.media import AUDIO_KINDS, IMAGE_KINDS, MEDIA_MODALITIES, decode_audio, decode_image, sniff_kind
@@ -96,7 +96,7 @@ def _save(
     update: Callable[[dict[str, Any] | None, dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
 ) -> str:
     """Write the item's record as `update(old metadata or None, old media)` says, with a new revision and a queued
-    embedding job, in one transaction; then send the job."""
+    embedding job, in one transaction; then send the job, unless enough queued jobs' messages cover it (covered)."""
     with rt.session() as session:
         record = session.get(ItemRecord, item_id)
         metadata, media = update(
@@ -112,11 +112,17 @@ def _save(
             record.updated_at = utcnow()
         record.metadata_, record.media = metadata, media
         job = Job(kind="embed", item_id=item_id, revision=record.revision, status=JobStatus.QUEUED)
-        record_dispatch(job)
+        send = not covered(session)  # else the tasks of the queued jobs' messages take it in a batch
+        if send:
+            record_dispatch(job)
+        else:
+            job.dispatched_at = utcnow()
         session.add(job)
         session.commit()
         log_job(job, "queued")
         job_id = job.job_id
+    if not send:
+        return job_id
     try:
         dispatcher.embed(item_id, job_id)
     except BrokerUnavailableError as exc:

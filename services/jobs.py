@@ -124,6 +124,28 @@ def record_dispatch(job: Job) -> None:
     job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
 
 
+WAKEUPS = 4  # queued embedding jobs with a message of their own that cover a new upload: as many workers drain at once
+WAKEUP_SECONDS = 5.0  # how recent their messages must be to count
+
+
+def covered(session: Session) -> bool:
+    """Whether a new embedding job needs no message of its own: `WAKEUPS` queued embedding jobs were sent in the last
+    `WAKEUP_SECONDS`, and the task that takes each of their messages claims the queued jobs batch after batch until
+    none is left (services.embedding.embed_item). Such a job is recorded as dispatched now without a send (its count
+    of sends stays 0); if the messages that cover it are lost, the job sweep sends it like any job presumed lost."""
+    now = utcnow()
+    recent = session.scalar(
+        select(func.count()).where(
+            Job.kind == "embed",
+            Job.status == JobStatus.QUEUED,
+            Job.dispatches > 0,
+            Job.dispatched_at >= now - timedelta(seconds=WAKEUP_SECONDS),
+            Job.dispatched_at <= now,
+        )
+    )
+    return int(recent or 0) >= WAKEUPS
+
+
 def lost_embeds(session: Session, policy: SweepPolicy, now: datetime) -> list[tuple[str, str, int]]:
     """(job id, item id, dispatches) of the unfinished embedding jobs whose message is presumed lost:
     - running for longer than `resend_seconds` (its worker died and the broker lost or still holds the message);
