@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,27 +132,19 @@ def run(args: argparse.Namespace) -> None:
     from services.db import Job
     from services.embedding import index_dataset
     from services.events import import_interactions
-    from tests.helpers import free_port, wait_port
+    from tests.integration.conftest import ApiServer, RedisServer, Worker
     from thaw.client import wait_job
     from thaw.datasets import split_items
     from thaw.schema import UNFINISHED
     from thaw.settings import Settings
     from thaw.synthetic import generate_catalog
 
-    redis_exe = shutil.which("redis-server")
-    if redis_exe is None:
-        sys.exit("needs redis-server (Debian package redis-server)")
     root = Path(tempfile.mkdtemp(prefix="thaw-bench-ingest-"))
     catalog = generate_catalog(root / "catalog", n_items=400, n_users=300, seed=1)
     ds = load_dataset(catalog)
     split = split_items(ds, seed=0)
-    port = free_port()
-    broker = f"redis://127.0.0.1:{port}/0"
-    redis = subprocess.Popen(
-        [redis_exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(root)],
-        stdout=subprocess.DEVNULL,
-    )
-    wait_port(port)
+    redis = RedisServer(root)
+    broker = redis.url
     settings = Settings(data_dir=root / "state", broker_url=broker, embed_batch_size=BATCH)
     rt = build_runtime(settings)
     model = train(ds, split, TrainConfig(epochs=10), progress=False)
@@ -171,14 +162,7 @@ def run(args: argparse.Namespace) -> None:
         "OPENBLAS_NUM_THREADS": "1",
         "PYTHONPATH": str(ROOT),
     }
-    api_port = free_port()
-    api = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "entrypoints.runtime:create_app", "--factory", "--port", str(api_port)]
-        + ["--log-level", "warning"],
-        env=env,
-        cwd=ROOT,
-    )
-    wait_port(api_port, 120)
+    api = ApiServer(env)
     control = build_celery(settings).control
     ids = full_items(ds, args.items)
 
@@ -195,18 +179,9 @@ def run(args: argparse.Namespace) -> None:
 
     modalities: dict[str, dict[str, Any]] = {mode: {"workers": {}} for mode in MODES}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120) as client:
+        with httpx.Client(base_url=api.url, timeout=120) as client:
             for n_workers in (1, 2):
-                workers = [
-                    subprocess.Popen(
-                        [sys.executable, "-m", "celery", "-A", "entrypoints.worker", "worker", "-P", "solo", "-c", "1"]
-                        + ["--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "WARNING"]
-                        + ["-n", f"ingest{k}@%h"],
-                        env=env,
-                        cwd=ROOT,
-                    )
-                    for k in range(n_workers)
-                ]
+                workers = [Worker(env, f"ingest{k}") for k in range(n_workers)]
                 while len(control.ping(timeout=1.0) or []) < n_workers:
                     pass
                 # warm-up: every worker loads the backbones on its first items
@@ -246,13 +221,10 @@ def run(args: argparse.Namespace) -> None:
                     }
                     print(mode, n_workers, json.dumps(row), flush=True)
                 for w in workers:
-                    w.terminate()
-                    w.wait(60)
+                    w.stop()
     finally:
-        api.terminate()
-        api.wait(30)
-        redis.terminate()
-        redis.wait(10)
+        api.stop()
+        redis.stop()
         rt.close()
     out = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
