@@ -266,6 +266,7 @@ class JobPublic(BaseModel):
     error: str | None = None
     item_id: str | None = None
     attempts: int = 0
+    batch_id: str | None = Field(default=None, description="embedding jobs: the job whose task encoded it in a batch")
     model_version: str | None = None
     created_at: UtcDatetime
     started_at: UtcDatetime | None = None

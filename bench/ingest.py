@@ -1,5 +1,15 @@
-"""Ingest throughput per modality on the embedded default, next to the raw encoder throughput on the same items
-in the same run (the pipeline's efficiency ratio), and upload->servable latency p50/p95."""
+"""Ingest throughput per modality with 1 and 2 `celery worker` processes (one torch thread each, real Redis broker,
+the API under uvicorn owning the embedded index, the workers its peers), each next to the raw batched encoder
+throughput of as many processes on the same items in the same run (the pipeline's efficiency ratio); the upload rate
+of the API; and upload->servable latency p50/p95 on the idle service.
+
+Pipeline: the items are uploaded while the workers consume nothing (`cancel_consumer`), then the workers drain the
+backlog; its time is the jobs' own record, from the first job started to the last one finished. It covers what a
+worker does per item: the broker message, the batch claim, reading and decoding the originals from the media store,
+encoding, the upsert over the owning API's socket and the jobs' commit. Raw: `ThawModel.encode` alone on the same
+items (decoded beforehand) in batches of THAW_EMBED_BATCH_SIZE, in as many processes as workers, each with one torch
+thread, all started at once; their items/s add up. Raw is measured just before and just after the pipeline and the
+two averaged, since the machine may be shared."""
 
 from __future__ import annotations
 
@@ -7,29 +17,27 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import func, select
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
 
-from encoders.artifacts import save_version  # noqa: E402
 from encoders.features import ItemInput, item_inputs  # noqa: E402
-from encoders.training import TrainConfig, train  # noqa: E402
-from entrypoints.demo import Server, upload  # noqa: E402
-from entrypoints.runtime import build_runtime  # noqa: E402
-from services.embedding import index_dataset  # noqa: E402
-from services.events import import_interactions  # noqa: E402
-from thaw.client import wait_job  # noqa: E402
-from thaw.datasets import Item, load_dataset, split_items  # noqa: E402
-from thaw.settings import Settings  # noqa: E402
-from thaw.synthetic import generate_catalog  # noqa: E402
+from entrypoints.demo import upload  # noqa: E402
+from thaw.datasets import Dataset, Item, load_dataset  # noqa: E402
 
 MODES = {"text": ("text",), "image": ("image",), "audio": ("audio",), "all": ("text", "image", "audio")}
+BATCH = 32  # THAW_EMBED_BATCH_SIZE for the workers, and the raw encoder's batch
 
 
 def restrict(item: Item, keep: tuple[str, ...], new_id: str) -> Item:
@@ -41,68 +49,194 @@ def restrict(item: Item, keep: tuple[str, ...], new_id: str) -> Item:
     )
 
 
+def full_items(ds: Dataset, n: int) -> list[str]:
+    """`n` item ids of the catalogue's items with text, image and audio (cycled when it has fewer)."""
+    full = [i for i in sorted(ds.items) if len(ds.items[i].modalities) == 3]
+    return [full[k % len(full)] for k in range(n)]
+
+
+def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: float) -> None:
+    """One raw encoder process: decode, warm up, say `ready`, wait for `go` on stdin, encode in batches until
+    `min_seconds` passed, print items/s."""
+    import torch
+
+    from encoders.artifacts import ThawModel
+
+    torch.set_num_threads(1)
+    keep = MODES[mode]
+    ds = load_dataset(catalog)
+    inputs = [
+        ItemInput(
+            i.item_id,
+            i.text if "text" in keep else None,
+            i.image if "image" in keep else None,
+            i.audio if "audio" in keep else None,
+            tags=i.tags,
+        )
+        for i in item_inputs(ds, full_items(ds, n))
+    ]
+    model = ThawModel.load(model_dir)
+    model.encode(inputs[:BATCH])  # warm-up
+    print("ready", flush=True)
+    sys.stdin.readline()
+    done, k, t = 0, 0, time.perf_counter()
+    batches = [inputs[start : start + BATCH] for start in range(0, len(inputs), BATCH)]
+    while time.perf_counter() - t < min_seconds:  # the batches in turn, the last one when the time is up
+        model.encode(batches[k % len(batches)])
+        done, k = done + len(batches[k % len(batches)]), k + 1
+    print(json.dumps({"items_per_s": done / (time.perf_counter() - t)}), flush=True)
+
+
+def raw_encoder(catalog: Path, model_dir: Path, mode: str, n: int, processes: int) -> float:
+    """Items/s of `processes` raw encoder processes started at once (the sum of theirs)."""
+    cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for _ in range(processes)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    rates = []
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        rates.append(json.loads(out.strip().splitlines()[-1])["items_per_s"])
+    return float(sum(rates))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=40, help="items per modality")
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--items", type=int, default=200, help="items uploaded per modality and worker count")
+    parser.add_argument("--latency-uploads", type=int, default=12, help="sequential uploads for upload->servable")
+    parser.add_argument("--raw-seconds", type=float, default=4.0, help="least time each raw encoder run takes")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--raw", nargs=4, metavar=("CATALOG", "MODEL_DIR", "MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="thaw-bench-"))
-    ds = load_dataset(generate_catalog(root / "catalog", n_items=400, n_users=300, seed=1))
+    if args.raw:
+        catalog, model_dir, mode, n = args.raw
+        raw_process(Path(catalog), Path(model_dir), mode, int(n), args.raw_seconds)
+        return
+    if args.json is None:
+        parser.error("--json is required")
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from encoders.artifacts import save_version
+    from encoders.training import TrainConfig, train
+    from entrypoints.runtime import build_celery, build_runtime
+    from services.db import Job
+    from services.embedding import index_dataset
+    from services.events import import_interactions
+    from tests.integration.conftest import ApiServer, RedisServer, Worker
+    from thaw.client import wait_job
+    from thaw.datasets import split_items
+    from thaw.schema import UNFINISHED
+    from thaw.settings import Settings
+    from thaw.synthetic import generate_catalog
+
+    root = Path(tempfile.mkdtemp(prefix="thaw-bench-ingest-"))
+    catalog = generate_catalog(root / "catalog", n_items=400, n_users=300, seed=1)
+    ds = load_dataset(catalog)
     split = split_items(ds, seed=0)
-    settings = Settings(data_dir=root / "state")
+    redis = RedisServer(root)
+    broker = redis.url
+    settings = Settings(data_dir=root / "state", broker_url=broker, embed_batch_size=BATCH)
     rt = build_runtime(settings)
     model = train(ds, split, TrainConfig(epochs=10), progress=False)
     save_version(model, rt.registry)
     index_dataset(rt, model, ds, split.warm)
     import_interactions(rt, ds.interactions.for_items(split.warm))
-    full = [ds.items[i] for i in sorted(ds.items) if len(ds.items[i].modalities) == 3][: args.items]
-    results: dict[str, dict[str, float]] = {}
-    with Server(settings, rt) as server, httpx.Client(base_url=server.url, timeout=120) as client:
-        for mode, keep in MODES.items():
-            items = [restrict(it, keep, f"b-{mode}-{it.item_id}") for it in full]
-            inputs = item_inputs(ds, [it.item_id for it in full])
-            inputs = [
-                ItemInput(
-                    f"r-{i.item_id}",
-                    i.text if "text" in keep else None,
-                    i.image if "image" in keep else None,
-                    i.audio if "audio" in keep else None,
-                )
-                for i in inputs
-            ]
-            model.encode(inputs[:2])  # warm-up
-            t = time.perf_counter()
-            for inp in inputs:  # one item at a time, as a task does
-                model.encode([inp])
-            raw = len(inputs) / (time.perf_counter() - t)
-            t = time.perf_counter()
-            with ThreadPoolExecutor(4) as pool:  # uploads in flight at once, the worker drains the queue
-                jobs = list(pool.map(lambda it: upload(client, it), items))
-            done = [wait_job(client, j) for j in jobs]
-            pipeline = len(items) / (time.perf_counter() - t)
-            assert all(j["status"] == "succeeded" for j in done), done
-            latencies = []
-            for it in items[:15]:
-                again = restrict(it, keep, it.item_id + "-lat")
-                t = time.perf_counter()
-                wait_job(client, upload(client, again))
-                latencies.append(time.perf_counter() - t)
-            results[mode] = {
-                "encoder_items_per_s": round(raw, 2),
-                "pipeline_items_per_s": round(pipeline, 2),
-                "efficiency_ratio": round(pipeline / raw, 3),
-                "servable_p50_s": round(float(np.percentile(latencies, 50)), 4),
-                "servable_p95_s": round(float(np.percentile(latencies, 95)), 4),
-            }
-            print(mode, results[mode])
-    rt.close()
+    model_dir = rt.registry.path(model.version)
+    env = {
+        **os.environ,
+        "THAW_DATA_DIR": str(settings.data_dir),
+        "THAW_BROKER_URL": broker,
+        "THAW_EMBED_BATCH_SIZE": str(BATCH),
+        "THAW_LOG_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    api = ApiServer(env)
+    control = build_celery(settings).control
+    ids = full_items(ds, args.items)
+
+    def drained(prefix: str) -> tuple[int, float]:
+        """Wait until the jobs of the items named `prefix`* finished; (failed jobs, first start to last finish)."""
+        mine = Job.item_id.like(f"{prefix}%")
+        with rt.session() as session:
+            while session.scalar(select(func.count()).where(mine, Job.status.in_(UNFINISHED))):
+                session.rollback()  # a fresh snapshot
+                time.sleep(0.2)
+            failed = session.scalar(select(func.count()).where(mine, Job.status == "failed")) or 0
+            first, last = session.execute(select(func.min(Job.started_at), func.max(Job.finished_at)).where(mine)).one()
+        return int(failed), (last - first).total_seconds()
+
+    modalities: dict[str, dict[str, Any]] = {mode: {"workers": {}} for mode in MODES}
+    try:
+        with httpx.Client(base_url=api.url, timeout=120) as client:
+            for n_workers in (1, 2):
+                workers = [Worker(env, f"ingest{k}") for k in range(n_workers)]
+                while len(control.ping(timeout=1.0) or []) < n_workers:
+                    pass
+                # warm-up: every worker loads the backbones on its first items
+                warm = [upload(client, restrict(ds.items[i], MODES["all"], f"w{n_workers}-{i}")) for i in ids[:8]]
+                for job_id in warm:
+                    wait_job(client, job_id, timeout=600, poll_s=0.2)
+                for mode, keep in MODES.items():
+                    load_before = os.getloadavg()[0]
+                    prefix = f"b{n_workers}-{mode}-"
+                    items = [restrict(ds.items[i], keep, f"{prefix}{k}") for k, i in enumerate(ids)]
+                    raw_before = raw_encoder(catalog, model_dir, mode, args.items, n_workers)
+                    control.cancel_consumer("celery", reply=True)
+                    t = time.perf_counter()
+                    with ThreadPoolExecutor(4) as pool:  # uploads in flight at once
+                        list(pool.map(lambda it: upload(client, it), items))
+                    upload_rate = len(items) / (time.perf_counter() - t)
+                    control.add_consumer("celery", reply=True)
+                    failed, seconds = drained(prefix)
+                    if failed:
+                        raise RuntimeError(f"{failed} of the {mode} jobs failed")
+                    pipeline = len(items) / seconds
+                    raw = (raw_before + raw_encoder(catalog, model_dir, mode, args.items, n_workers)) / 2
+                    latencies = []
+                    for k in range(args.latency_uploads):
+                        t = time.perf_counter()
+                        job = wait_job(client, upload(client, restrict(items[k], keep, f"lat{n_workers}-{mode}-{k}")))
+                        latencies.append(time.perf_counter() - t)
+                        assert job["status"] == "succeeded", job
+                    modalities[mode]["workers"][str(n_workers)] = row = {
+                        "raw_items_per_s": round(raw, 2),
+                        "pipeline_items_per_s": round(pipeline, 2),
+                        "ratio": round(pipeline / raw, 3),
+                        "upload_items_per_s": round(upload_rate, 2),
+                        "servable_p50_s": round(float(np.percentile(latencies, 50)), 4),
+                        "servable_p95_s": round(float(np.percentile(latencies, 95)), 4),
+                        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                    }
+                    print(mode, n_workers, json.dumps(row), flush=True)
+                for w in workers:
+                    w.stop()
+    finally:
+        api.stop()
+        redis.stop()
+        rt.close()
     out = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "items_per_modality": len(full),
-        "results": results,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "items_per_run": args.items,
+        "batch_size": BATCH,
+        "torch_threads_per_process": 1,
+        "media": "text (title, description), 64x64 image, 3 s audio per item",
+        "modalities": modalities,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,11 @@ def build_runtime(settings: Settings) -> Runtime:
 def build_celery(settings: Settings) -> Celery:
     return make_celery(
         QueueConfig(
-            settings.broker_url, settings.broker_dir, settings.broker_visibility_timeout, settings.task_max_retries
+            settings.broker_url,
+            settings.broker_dir,
+            settings.broker_visibility_timeout,
+            settings.task_max_retries,
+            settings.embed_batch_size,
         )
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class Job(Base):
     # The outbox: when the job's message was last sent (or is due, for a retry) and how often it was sent.
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The embedding job whose task claimed this one into its batch (itself for the batch's leader); None until then.
+    batch_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class ReembedJob(Base):
@@ -152,6 +154,28 @@ JOB_LOG = logging.getLogger("thaw.jobs")  # the job lifecycle: queued, started, 
 def record_dispatch(job: Job) -> None:
     """Mark a job as sent now, before its message goes out (a retry moves `dispatched_at` to when it is due)."""
     job.dispatched_at, job.dispatches = utcnow(), (job.dispatches or 0) + 1
+
+
+WAKEUPS = 4  # queued embedding jobs with a message of their own that cover a new upload: as many workers drain at once
+WAKEUP_SECONDS = 5.0  # how recent their messages must be to count
+
+
+def covered(session: Session) -> bool:
+    """Whether a new embedding job needs no message of its own: `WAKEUPS` queued embedding jobs were sent in the last
+    `WAKEUP_SECONDS`, and the task that takes each of their messages claims the queued jobs batch after batch until
+    none is left (services.embedding.embed_item). Such a job is recorded as dispatched now without a send (its count
+    of sends stays 0); if the messages that cover it are lost, the job sweep sends it like any job presumed lost."""
+    now = utcnow()
+    recent = session.scalar(
+        select(func.count()).where(
+            Job.kind == "embed",
+            Job.status == JobStatus.QUEUED,
+            Job.dispatches > 0,
+            Job.dispatched_at >= now - timedelta(seconds=WAKEUP_SECONDS),
+            Job.dispatched_at <= now,
+        )
+    )
+    return int(recent or 0) >= WAKEUPS
 
 
 def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:

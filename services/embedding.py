@@ -7,13 +7,13 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from prometheus_client import Histogram
-from sqlalchemy import select
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -26,18 +26,20 @@ from indexer.collections import (
     ensure_collections,
 )
 from indexer.writer import ItemPoint, delete_items, upsert_items, upsert_users
-from services.db import ItemRecord, Job, finish_job, log_job, running_reembeds, utcnow
+from services.db import ItemRecord, Job, as_utc, finish_job, log_job, running_reembeds, utcnow
 from services.dispatch import is_transient
 from services.runtime import Runtime
 from thaw.datasets import Dataset
 from thaw.media import MediaError, decode_audio, decode_image
-from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, JobStatus, item_tags, item_text
+from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, UNFINISHED, JobStatus, item_tags, item_text
 
 if TYPE_CHECKING:
     from encoders.artifacts import ThawModel
     from encoders.features import EncodedItem, ItemInput
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 # Observed in the process that encodes: the API's (embedded worker) or a worker's. Registered by the API's registry.
 ENCODE_SECONDS = Histogram(
     "thaw_encode_seconds",
@@ -164,49 +166,159 @@ def drop_deleted(rt: Runtime, item_ids: Sequence[str]) -> set[str]:
     return gone
 
 
-def _finish(session: Session, job: Job, status: JobStatus, error: str | None = None) -> None:
-    finish_job(job, status, error)
-    session.commit()
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
 
 
-def embed_item(rt: Runtime, item_id: str, job_id: str) -> str:
-    """Embed one uploaded item with the served model version, and with the target version of any running
-    re-embedding job (each into its own collection). Idempotent: a repeat overwrites the same point, and a job whose
-    item was re-uploaded since (a newer revision) is finished without writing stale vectors."""
+def each(run: Callable[[list[T]], Sequence[R]], items: list[T]) -> list[R | Exception]:
+    """`run` on the whole batch; if it fails permanently, on each item alone, so that a bad item fails by itself
+    (its exception in its place). Transient errors propagate: the batch is tried again as a whole."""
+    if not items:
+        return []
+    try:
+        return list(run(items))
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        if len(items) == 1:
+            return [exc]
+    return [each(run, [item])[0] for item in items]
+
+
+def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
+    """One transaction that claims a batch of at most `size` embedding jobs. With `job_id` (the job of the task's
+    message), its task leads the batch: its own job unless another batch holds it or it finished, the jobs an earlier
+    batch it led still holds (its message came back after its worker died), then the oldest queued jobs that are due.
+    Without its own job the batch is the oldest queued jobs, led by the first. Returns the claimed ids, the leader's
+    first; none when nothing is left to do. A job another batch holds is that batch's: it finishes it, or its leader's
+    message comes back and claims it again, or the job sweep sends it again."""
+    now = utcnow()
+    claim = update(Job).values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1)
+    with rt.session() as session:
+        leader, taken = None, 0
+        if job_id is not None:
+            free = or_(Job.status == JobStatus.QUEUED, Job.batch_id.is_(None), Job.batch_id == job_id)
+            own = session.execute(
+                claim.values(batch_id=job_id).where(Job.job_id == job_id, Job.status.in_(UNFINISHED), free)
+            )
+            if cast("CursorResult[Any]", own).rowcount == 1:
+                leader = job_id
+                held = select(Job.job_id).where(
+                    Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.job_id != job_id
+                )
+                held_ids = list(session.scalars(held.order_by(Job.created_at).limit(size - 1)))
+                if held_ids:
+                    session.execute(claim.values(batch_id=job_id).where(Job.job_id.in_(held_ids)))
+                taken = 1 + len(held_ids)
+        due = or_(Job.dispatched_at.is_(None), Job.dispatched_at <= now)
+        queued = select(Job.job_id).where(Job.kind == "embed", Job.status == JobStatus.QUEUED, due)
+        queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - taken))) if size > taken else []
+        if leader is None and not queued_ids:
+            session.rollback()
+            return []
+        leader = leader or queued_ids[0]
+        if queued_ids:
+            mark = claim.values(batch_id=leader)
+            session.execute(mark.where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED))
+        # what this transaction holds: another one (PostgreSQL) may have taken some of the queued ids first
+        mine = select(Job).where(Job.batch_id == leader, Job.status == JobStatus.RUNNING, Job.started_at == now)
+        found = session.scalars(mine.execution_options(populate_existing=True))
+        jobs = sorted(found, key=lambda j: (j.job_id != leader, as_utc(j.created_at)))
+        for j in jobs:
+            log_job(j, "started")  # before the commit, which expires what the line reads
+        session.commit()
+        return [j.job_id for j in jobs]
+
+
+def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
+    """Embed the claimed jobs' items together: each modality's encoder runs once on the batch for every version being
+    written (the served one, and the target of any running re-embedding job), each version gets one upsert, and the
+    jobs finish in one transaction. An item that cannot be decoded or encoded fails its own job with the reason; a
+    job whose item was re-uploaded since (a newer revision) succeeds without writing stale vectors. Idempotent: a
+    repeat overwrites the same points. A transient error gives the jobs back to the queue and propagates (the task
+    retries); any other error fails them all with the reason. Returns each job's status (none for a job deleted with
+    its item meanwhile)."""
+    outcome: dict[str, tuple[JobStatus, str | None]] = {}
+    try:
+        with rt.session() as session:
+            jobs = list(session.scalars(select(Job).where(Job.job_id.in_(job_ids))))
+            wanted = {j.item_id for j in jobs if j.item_id is not None}
+            records = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(wanted)))}
+            inputs: dict[str, ItemInput | Exception] = {}
+            for job in jobs:
+                record = records.get(str(job.item_id))
+                if record is None:
+                    outcome[job.job_id] = JobStatus.FAILED, f"item {job.item_id!r} does not exist"
+                elif record.revision > job.revision:
+                    outcome[job.job_id] = JobStatus.SUCCEEDED, "superseded by a newer upload of the same item"
+                elif record.item_id not in inputs:
+                    inputs[record.item_id] = each(lambda rs: [item_input(rt, r) for r in rs], [record])[0]
+            good = [inp for inp in inputs.values() if not isinstance(inp, Exception)]
+            payloads = {inp.item_id: record_payload(records[inp.item_id]) for inp in good}
+            versions = write_versions(rt, session) if good else []
+        failed: dict[str, Exception] = {i: e for i, e in inputs.items() if isinstance(e, Exception)}
+        for version in versions:
+            failed.update(write_version(rt, version, [i for i in good if i.item_id not in failed], payloads))
+        drop_deleted(rt, [inp.item_id for inp in good])  # deleted while embedded: their jobs went with them
+        with rt.session() as session:
+            jobs = list(session.scalars(select(Job).where(Job.job_id.in_(job_ids), Job.status.in_(UNFINISHED))))
+            for job in jobs:
+                status, reason = outcome.get(job.job_id, (JobStatus.SUCCEEDED, None))
+                if job.job_id not in outcome and str(job.item_id) in failed:
+                    status, reason = JobStatus.FAILED, _reason(failed[str(job.item_id)])
+                if status == JobStatus.SUCCEEDED and job.job_id not in outcome:
+                    job.model_version = versions[0]
+                finish_job(job, status, reason)
+            statuses = {job.job_id: job.status for job in jobs}  # read before the commit expires them
+            session.commit()
+            return statuses
+    except Exception as exc:
+        if is_transient(exc):
+            release(rt, job_ids)
+            raise
+        log.exception("batch of job %s failed", job_ids[0])
+        return {job_id: fail_job(rt, job_id, _reason(exc)) for job_id in job_ids}
+
+
+def write_version(
+    rt: Runtime, version: str, inputs: list[ItemInput], payloads: dict[str, dict[str, Any]]
+) -> dict[str, Exception]:
+    """Encode the items with `version`'s model in one pass and write their points in one upsert; returns the items
+    that failed (alone) with their error."""
+    model, collection = rt.model(version), collection_name(ITEMS, version)
+    encoded = each(lambda batch: encode(model, batch), inputs)
+    failed: dict[str, Exception] = {}
+    points = []
+    for inp, enc in zip(inputs, encoded, strict=True):
+        if isinstance(enc, Exception):
+            failed[inp.item_id] = enc
+        else:
+            points.append(item_point(model, inp.item_id, enc, payloads[inp.item_id]))
+    written = each(lambda batch: [upsert_items(rt.index, collection, batch)] * len(batch), points)
+    failed.update({p.item_id: w for p, w in zip(points, written, strict=True) if isinstance(w, Exception)})
+    return failed
+
+
+def release(rt: Runtime, job_ids: Sequence[str]) -> None:
+    """Unfinished jobs back in the queue (after a transient failure): the next batch, or the job sweep, takes them."""
+    with rt.session() as session:
+        back = update(Job).where(Job.job_id.in_(job_ids), Job.status == JobStatus.RUNNING)
+        session.execute(back.values(status=JobStatus.QUEUED, batch_id=None))
+        session.commit()
+
+
+def embed_item(rt: Runtime, item_id: str, job_id: str, *, batch_size: int = 1) -> str:
+    """The task of one uploaded item's job: embed it in a batch with up to `batch_size` - 1 other embedding jobs
+    that are queued, at once, without waiting for more (claim_batch, embed_batch); then batch after batch of the
+    queued jobs until none is left (uploads that no message of their own was sent for, jobs services.db.covered).
+    Returns the job's status."""
+    lead: str | None = job_id
+    while claimed := claim_batch(rt, lead, batch_size):
+        embed_batch(rt, claimed)
+        lead = None
     with rt.session() as session:
         job = session.get(Job, job_id)
-        if job is None:
-            raise PermanentError(f"job {job_id!r} does not exist")
-        if JobStatus(job.status).finished:
-            return job.status
-        job.status, job.started_at, job.attempts = JobStatus.RUNNING, utcnow(), job.attempts + 1
-        log_job(job, "started")  # before the commit, which expires what the line reads
-        session.commit()
-        record = session.get(ItemRecord, item_id)
-        try:
-            if record is None:
-                raise PermanentError(f"item {item_id!r} does not exist")
-            if record.revision > job.revision:
-                _finish(session, job, JobStatus.SUCCEEDED, "superseded by a newer upload of the same item")
-                return job.status
-            versions = write_versions(rt, session)
-            inp = item_input(rt, record)
-            for version in versions:
-                model = rt.model(version)
-                point = item_point(model, item_id, encode(model, [inp])[0], record_payload(record))
-                upsert_items(rt.index, collection_name(ITEMS, version), [point])
-            if drop_deleted(rt, [item_id]):
-                return JobStatus.FAILED  # deleted while it was embedded: its job went with it
-            job.model_version = versions[0]
-        except Exception as exc:
-            session.rollback()
-            if is_transient(exc):
-                raise  # the task retries it (workers.tasks)
-            reason = str(exc) if isinstance(exc, PermanentError) else f"{type(exc).__name__}: {exc}"
-            _finish(session, job, JobStatus.FAILED, reason)
-            return job.status
-        _finish(session, job, JobStatus.SUCCEEDED)
-        return job.status
+        return job.status if job is not None else "deleted"
 
 
 def requeue(rt: Runtime, job_id: str, due: datetime) -> None:
@@ -218,12 +330,16 @@ def requeue(rt: Runtime, job_id: str, due: datetime) -> None:
             session.commit()
 
 
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    """Record a job's permanent failure (after retries ran out, or an unexpected error)."""
+def fail_job(rt: Runtime, job_id: str, reason: str) -> str:
+    """Record a job's permanent failure (after retries ran out, or an unexpected error); returns its status."""
     with rt.session() as session:
         job = session.get(Job, job_id)
-        if job is not None and not JobStatus(job.status).finished:
-            _finish(session, job, JobStatus.FAILED, reason)
+        if job is None:
+            return JobStatus.FAILED
+        if not JobStatus(job.status).finished:
+            finish_job(job, JobStatus.FAILED, reason)
+            session.commit()
+        return job.status
 
 
 def index_dataset(rt: Runtime, model: ThawModel, ds: Dataset, item_ids: Sequence[str], *, batch_size: int = 32) -> int:

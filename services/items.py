@@ -19,7 +19,17 @@ from indexer.collections import active_collection_version
 from indexer.search import Hit, get_item, get_items, similar
 from indexer.writer import delete_items
 from services import experiments
-from services.db import Interaction, ItemRecord, Job, ReembedItem, ReembedJob, log_job, record_dispatch, utcnow
+from services.db import (
+    Interaction,
+    ItemRecord,
+    Job,
+    ReembedItem,
+    ReembedJob,
+    covered,
+    log_job,
+    record_dispatch,
+    utcnow,
+)
 from services.dispatch import BrokerUnavailableError, Dispatcher
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, NotFoundError, UnsupportedMediaError
@@ -95,7 +105,7 @@ def _save(
     update: Callable[[dict[str, Any] | None, dict[str, str]], tuple[dict[str, Any], dict[str, str]]],
 ) -> str:
     """Write the item's record as `update(old metadata or None, old media)` says, with a new revision and a queued
-    embedding job, in one transaction; then send the job."""
+    embedding job, in one transaction; then send the job, unless enough queued jobs' messages cover it (covered)."""
     with rt.session() as session:
         record = session.get(ItemRecord, item_id)
         metadata, media = update(
@@ -111,11 +121,17 @@ def _save(
             record.updated_at = utcnow()
         record.metadata_, record.media = metadata, media
         job = Job(kind="embed", item_id=item_id, revision=record.revision, status=JobStatus.QUEUED)
-        record_dispatch(job)
+        send = not covered(session)  # else the tasks of the queued jobs' messages take it in a batch
+        if send:
+            record_dispatch(job)
+        else:
+            job.dispatched_at = utcnow()
         session.add(job)
         session.commit()
         log_job(job, "queued")
         job_id = job.job_id
+    if not send:
+        return job_id
     try:
         dispatcher.embed(item_id, job_id)
     except BrokerUnavailableError as exc:

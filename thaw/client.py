@@ -59,6 +59,7 @@ class Job(TypedDict):
     error: str | None
     item_id: str | None
     attempts: int
+    batch_id: str | None
     model_version: str | None
     created_at: str
     started_at: str | None

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     max_audio_seconds: float = 600.0
     max_image_pixels: int = 40_000_000
     task_max_retries: int = 5
+    embed_batch_size: int = 32  # upload jobs one worker task encodes together at most (those waiting; it never waits)
     broker_visibility_timeout: int = 600  # seconds a taken task may run before the broker hands it to another worker
     job_resend_seconds: float = 300.0  # an embedding job running, or waiting while workers idle, this long is re-sent
     job_max_dispatches: int = 5  # an embedding job sent this often without finishing fails with the reason
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.max_upload_bytes <= 0:
             raise ValueError(f"THAW_MAX_UPLOAD_BYTES must be positive, got {self.max_upload_bytes}")
+        if self.embed_batch_size < 1:
+            raise ValueError(f"THAW_EMBED_BATCH_SIZE must be at least 1, got {self.embed_batch_size}")
         if self.reembed_chunk_size < 1:
             raise ValueError(f"THAW_REEMBED_CHUNK_SIZE must be at least 1, got {self.reembed_chunk_size}")
         if not 0.0 <= self.reembed_max_failed_share <= 1.0:

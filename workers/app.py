@@ -26,6 +26,7 @@ class QueueConfig:
     embedded_dir: Path
     visibility_timeout: int = 600
     max_retries: int = 5
+    embed_batch_size: int = 32  # embedding jobs one task encodes together, at most
 
 
 def make_celery(config: QueueConfig) -> Celery:
@@ -59,6 +60,7 @@ def make_celery(config: QueueConfig) -> Celery:
         task_queues=tuple(Queue(name, Exchange(name), routing_key=name) for name in ("celery", "reembed")),
         task_routes={REEMBED: {"queue": "reembed"}},
         thaw_max_retries=config.max_retries,
+        thaw_embed_batch_size=config.embed_batch_size,
     )
     return app
 

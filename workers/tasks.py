@@ -61,9 +61,11 @@ def _retry_or_fail(
 
 @shared_task(bind=True, name=EMBED, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def embed_item(self: Task, item_id: str, job_id: str) -> str:
-    """Embed one item; permanent errors fail the job inside the pipeline, transient ones retry."""
+    """Embed one item, in a batch with the embedding jobs waiting beside it (up to `thaw_embed_batch_size`);
+    permanent errors fail a job inside the pipeline, transient ones retry the batch."""
     try:
-        return embedding.embed_item(runtime(), item_id, job_id)
+        size = int(self.app.conf.get("thaw_embed_batch_size", 1))
+        return embedding.embed_item(runtime(), item_id, job_id, batch_size=size)
     except Exception as exc:
         return _retry_or_fail(
             self,

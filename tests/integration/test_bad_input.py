@@ -106,3 +106,35 @@ def test_worker_survives_a_failed_job_and_keeps_working(
         assert ok["status"] == "succeeded" and fresh.alive()
     finally:
         fresh.stop()
+
+
+def test_queued_uploads_are_encoded_in_one_batch_where_a_bad_item_fails_alone(
+    client: httpx.Client, worker: Worker, service_env: dict[str, str]
+) -> None:
+    """Uploads that wait while no worker runs are claimed by the first task in one batch (one forward pass per
+    modality, one upsert, one transaction); the item whose original went bad fails with its reason, the others
+    succeed, and every job records the same batch."""
+    from pathlib import Path
+
+    from services.media_store import MediaStore
+
+    store = MediaStore(Path(service_env["THAW_DATA_DIR"]) / "media")
+    worker.stop()
+    titles = ["whale surf", "rocket galaxy", "ghost curse", "love wedding", "war battle", "detective clue"]
+    good = {
+        f"batch-{k}": upload(client, f"batch-{k}", {"title": t}, image=png((40 * k, 80, 120)))
+        for k, t in enumerate(titles)
+    }
+    bad = upload(client, "batch-bad", {"title": "rots"}, audio=ogg(300.0))
+    store.put("batch-bad", "audio", b"OggS" + b"\x00" * 100)
+    fresh = Worker(service_env, "batcher")
+    try:
+        jobs = {item: wait_job(client, job_id) for item, job_id in {**good, "batch-bad": bad}.items()}
+        failed = jobs.pop("batch-bad")
+        assert failed["status"] == "failed" and "corrupt" in str(failed["error"]), failed
+        assert all(j["status"] == "succeeded" and j["error"] is None for j in jobs.values()), jobs
+        assert {j["batch_id"] for j in [*jobs.values(), failed]} == {next(iter(good.values()))}  # the first message led
+        assert all(client.get(f"/items/{item}").json()["indexed"] for item in good)
+        assert client.get("/items/batch-bad").json()["indexed"] is False and fresh.alive()
+    finally:
+        fresh.stop()

@@ -1,5 +1,6 @@
 """The job outbox: which unfinished embedding jobs are presumed lost and sent again, the claim that keeps two
-sweeps from sending one job twice, the dispatch cap, the schema upgrade, and the one error classification."""
+sweeps from sending one job twice, the dispatch cap, the schema upgrade, the one error classification, and the claim
+of an embedding batch."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from entrypoints.runtime import build_runtime
-from services import jobs
+from services import db, jobs
 from services.db import Job, make_engine, utcnow
 from services.dispatch import BrokerUnavailableError, is_transient
+from services.embedding import claim_batch, release
 from services.runtime import Runtime
 from thaw.errors import InvalidInputError, UnavailableError
 from thaw.schema import JobStatus
@@ -221,3 +223,47 @@ def test_embedded_mode_sends_a_lost_job_again_and_it_ends(tmp_path: Path) -> Non
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
     assert job["status"] == "failed" and job["error"].startswith("TypeError"), job  # permanent: no retry
+
+
+def test_a_task_claims_its_job_and_the_oldest_queued_ones_that_are_due(rt: Runtime) -> None:
+    for k in range(6):
+        add_job(rt, f"j{k}", JobStatus.QUEUED, sent_ago=10 - k)
+    add_job(rt, "later", JobStatus.QUEUED, sent_ago=-30)  # a retry due in 30 s
+    assert claim_batch(rt, "j3", 3) == ["j3", "j0", "j1"]
+    with rt.session() as session:
+        batch = {j.job_id: j.batch_id for j in session.query(Job).filter(Job.status == JobStatus.RUNNING)}
+    assert batch == {"j0": "j3", "j1": "j3", "j3": "j3"}
+    # the message of a job another batch holds takes the oldest queued jobs instead, led by the first
+    assert claim_batch(rt, "j1", 2) == ["j2", "j4"]
+    with rt.session() as session:
+        session.execute(update(Job).where(Job.job_id == "j4").values(status=JobStatus.SUCCEEDED))
+        session.commit()
+    assert claim_batch(rt, "j4", 3) == ["j5"]  # so does a finished job's; the retry is not due yet
+    assert claim_batch(rt, None, 3) == []
+
+
+def test_a_leader_message_that_comes_back_claims_its_batch_again(rt: Runtime) -> None:
+    """Its worker died mid-batch: the redelivered message of the leader takes back the jobs the batch held."""
+    for k in range(3):
+        add_job(rt, f"j{k}", JobStatus.QUEUED, sent_ago=10 - k)
+    assert claim_batch(rt, "j0", 8) == ["j0", "j1", "j2"]
+    add_job(rt, "new", JobStatus.QUEUED, sent_ago=1)
+    claimed = claim_batch(rt, "j0", 8)
+    assert claimed == ["j0", "j1", "j2", "new"]
+    with rt.session() as session:
+        assert [j.attempts for j in session.query(Job).order_by(Job.job_id)] == [2, 2, 2, 1]
+    release(rt, claimed)  # a transient failure: back in the queue, for any batch
+    assert claim_batch(rt, "new", 2) == ["new", "j0"]
+
+
+def test_an_upload_gets_a_message_of_its_own_until_enough_queued_jobs_were_sent(rt: Runtime) -> None:
+    for k in range(db.WAKEUPS):
+        with rt.session() as session:
+            assert not db.covered(session)
+        add_job(rt, f"j{k}", JobStatus.QUEUED, sent_ago=1)
+    add_job(rt, "stale", JobStatus.QUEUED, sent_ago=db.WAKEUP_SECONDS + 1)
+    with rt.session() as session:
+        assert db.covered(session)
+        session.execute(update(Job).where(Job.job_id == "j0").values(status=JobStatus.RUNNING))
+        session.commit()
+        assert not db.covered(session)  # a taken message covers nothing; nor does one sent long ago

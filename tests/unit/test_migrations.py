@@ -7,10 +7,12 @@ import sqlite3
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from services.db import Base, make_engine
+from services.db import MIGRATIONS, Base, make_engine
 
 OLD_SCHEMA = """
 CREATE TABLE items (item_id VARCHAR(128) NOT NULL PRIMARY KEY, metadata JSON NOT NULL, media JSON NOT NULL,
@@ -29,6 +31,14 @@ INSERT INTO interactions VALUES (1, 'u1', 'i1', 1.0, 'click', '2026-01-03 00:00:
 """
 
 
+def _head() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
 def _differences(url: str) -> list[object]:
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -40,7 +50,7 @@ def test_a_new_database_gets_exactly_the_models_schema(tmp_path: Path) -> None:
     assert _differences(url) == []
     engine = make_engine(url)  # a second start changes nothing
     with engine.connect() as conn:
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == _head()
 
 
 def test_a_database_from_before_the_revisions_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -57,9 +67,11 @@ def test_a_database_from_before_the_revisions_is_upgraded_and_keeps_its_rows(tmp
         assert conn.execute(text("SELECT item_id, metadata, revision FROM items")).all() == [
             ("i1", '{"title": "kept"}', 3)
         ]
-        assert conn.execute(text("SELECT job_id, dispatches, dispatched_at FROM jobs")).all() == [("j1", 0, None)]
+        assert conn.execute(text("SELECT job_id, dispatches, dispatched_at, batch_id FROM jobs")).all() == [
+            ("j1", 0, None, None)
+        ]
         assert conn.execute(text("SELECT user_id, item_id, rec_id FROM interactions")).all() == [("u1", "i1", None)]
-        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert conn.scalar(text("SELECT version_num FROM alembic_version")) == _head()
     # What is left differs from the models only where SQLite cannot alter a column in place (NOT NULL on the
     # columns added to existing tables): no table, column or index is missing.
     kinds = {diff[0] if isinstance(diff, tuple) else "modify" for diff in _differences(url)}
