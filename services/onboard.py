@@ -21,6 +21,7 @@ from services.embedding import (
     PermanentError,
     content_hash,
     drop_deleted,
+    each,
     encode,
     item_input,
     item_point,
@@ -54,18 +55,10 @@ class Outcome:
 def encode_each(model: ThawModel, inputs: list[ItemInput]) -> list[EncodedItem | str]:
     """The batch encoded in one pass; when the batch fails, each item alone, so only the items the encoder fails on
     fail (their entry is the reason)."""
-    if not inputs:
-        return []
-    try:
-        return list(encode(model, inputs))
-    except Exception:
-        out: list[EncodedItem | str] = []
-        for inp in inputs:
-            try:
-                out.append(model.encode([inp])[0])
-            except Exception as exc:
-                out.append(f"the {model.version} encoder failed on it: {type(exc).__name__}: {exc}")
-        return out
+    return [
+        f"the {model.version} encoder failed on it: {type(e).__name__}: {e}" if isinstance(e, Exception) else e
+        for e in each(lambda batch: encode(model, batch), inputs)
+    ]
 
 
 def stored_hashes(rt: Runtime, version: str, item_ids: list[str]) -> dict[str, str | None]:
