@@ -21,8 +21,8 @@ Selection = list[str] | bool  # which vectors / payload fields a read returns: a
 # Settings shared by every engine. Graphs: HNSW_M links per node, built with a beam of HNSW_EF_CONSTRUCT. The query
 # planner scans a filter's matches exactly (through the payload index) only while their vectors take under
 # FULL_SCAN_KB; above it, it searches the graph with the filter. Qdrant's default (10 MB: 78k points of 32-d) made
-# every warm-only or cold-only search at 100k items an exact scan of 30k-70k points (8-25 ms against 1.5-2.5 ms on
-# the graph, bench/scale.py). Search: a beam of HNSW_EF, and int8-quantized candidates rescored with the originals.
+# every warm-only or cold-only search at 100k items an exact scan of 30k-70k points (docs/benchmarks.md). Search: a
+# beam of HNSW_EF, and int8-quantized candidates rescored with the originals.
 HNSW_M = 16
 HNSW_EF_CONSTRUCT = 100
 FULL_SCAN_KB = 1_000
