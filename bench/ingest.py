@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as `python bench/ingest.py`: the integration tests' server helpers are used
 
 from encoders.features import ItemInput, item_inputs  # noqa: E402
 from entrypoints.demo import upload  # noqa: E402
