@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.scale import USERS_N
 from entrypoints.runtime import build_runtime
 from services import items, recommendations
 from thaw.settings import Settings
-
-USERS_N = 10_000
 
 
 def measure(call: Callable[[int], object], requests: int) -> dict[str, float]:
