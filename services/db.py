@@ -130,16 +130,62 @@ class Experiment(Base):
 
 
 class Exposure(Base):
-    """One served list in an experiment: who got which arm and which items, at which positions, how old and whether
-    cold when shown (`items`: [{item_id, position, score, interactions, cold, age_s, team}]). Events join by rec_id."""
+    """One served list in an experiment: who got which arm (None in an interleaving experiment, whose lists hold both
+    arms' items). Its items are its `impressions`; events join by rec_id."""
 
     __tablename__ = "exposures"
     rec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     experiment_id: Mapped[str] = mapped_column(String(64), index=True)
     arm: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[str] = mapped_column(String(128), index=True)
-    items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Impression(Base):
+    """One item at one position of an exposure: the arm credited with it (the exposure's arm in A/B, the team that
+    drafted the position in interleaving), its score and interactions, whether it was cold and its age (seconds
+    since the item's first upload) when shown. Events join by (rec_id, item_id)."""
+
+    __tablename__ = "impressions"
+    rec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128), index=True)
+    arm: Mapped[str | None] = mapped_column(String(64))
+    cold: Mapped[bool] = mapped_column(Boolean)
+    age_s: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    interactions: Mapped[int] = mapped_column(Integer)
+
+
+class ExposureCount(Base):
+    """An exposure's impressions credited to one arm, all and cold, written with it: a report sums these per arm and
+    user instead of reading every impression."""
+
+    __tablename__ = "exposure_counts"
+    __table_args__ = (
+        Index("ix_exposure_counts_report", "experiment_id", "arm", "user_id", "impressions", "impressions_cold"),
+    )
+    rec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(64), primary_key=True)
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    impressions: Mapped[int] = mapped_column(Integer)
+    impressions_cold: Mapped[int] = mapped_column(Integer)
+
+
+class ArmItem(Base):
+    """An item an arm of an experiment has shown: when first, whether cold then and how old; whether ever shown cold,
+    and warm. A report's coverage and new items read these; they hold no user data, so erasing a user leaves them."""
+
+    __tablename__ = "arm_items"
+    experiment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_cold: Mapped[bool] = mapped_column(Boolean)
+    first_age_s: Mapped[float | None] = mapped_column(Float)
+    shown_cold: Mapped[bool] = mapped_column(Boolean)
+    shown_warm: Mapped[bool] = mapped_column(Boolean)
 
 
 def as_utc(moment: datetime) -> datetime:

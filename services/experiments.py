@@ -9,19 +9,41 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import String, cast, select
+import numpy as np
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy import delete as sql_delete
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from indexer.search import count, get_items, payload_filter
-from services.db import Experiment, Exposure, Interaction, ItemRecord, as_utc, utcnow
+from services.db import (
+    ArmItem,
+    Experiment,
+    Exposure,
+    ExposureCount,
+    Impression,
+    Interaction,
+    ItemRecord,
+    as_utc,
+    utcnow,
+)
 from services.runtime import Runtime
 from services.serving import Request, Served, serve
 from thaw.errors import ConflictError, InvalidInputError, NotFoundError
 from thaw.experiments.assignment import seed_of
 from thaw.experiments.interleaving import team_draft
 from thaw.experiments.policies import Policy, UserContext
-from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report, join
+from thaw.experiments.report import (
+    CONVERSION_KINDS,
+    COUNTS,
+    IX,
+    Catalogue,
+    EventLog,
+    Tally,
+    new_item_hours,
+    report_of,
+)
 from thaw.experiments.spec import Arm, ExperimentSpec
 
 Status = Literal["scheduled", "running", "ended"]
@@ -103,16 +125,31 @@ def get(session: Session, experiment_id: str) -> Experiment:
 
 
 def forget_item(session: Session, item_id: str) -> None:
-    """Take a deleted item out of every exposure that showed it (the other positions keep theirs)."""
-    shown = select(Exposure).where(cast(Exposure.items, String).contains(item_id, autoescape=True))
-    for row in session.scalars(shown):
-        kept = [i for i in row.items if i.get("item_id") != item_id]
-        if len(kept) != len(row.items):
-            row.items = kept
+    """Take a deleted item out of every exposure that showed it (the other positions keep theirs) and out of the
+    counts and items shown of each arm."""
+    shown = session.execute(
+        select(Impression.rec_id, Impression.arm, func.count(), func.sum(case((Impression.cold, 1), else_=0)))
+        .where(Impression.item_id == item_id)
+        .group_by(Impression.rec_id, Impression.arm)
+    ).all()
+    for rec_id, arm, n, n_cold in shown:
+        session.execute(
+            update(ExposureCount)
+            .where(ExposureCount.rec_id == rec_id, ExposureCount.arm == arm)
+            .values(
+                impressions=ExposureCount.impressions - n,
+                impressions_cold=ExposureCount.impressions_cold - int(n_cold or 0),
+            )
+        )
+    session.execute(sql_delete(Impression).where(Impression.item_id == item_id))
+    session.execute(sql_delete(ArmItem).where(ArmItem.item_id == item_id))
 
 
 def forget_user(session: Session, user_id: str) -> int:
-    """Delete a user's exposures (their rec_ids, arms and lists); returns how many there were."""
+    """Delete a user's exposures (their rec_ids, arms, lists and counts); returns how many there were."""
+    theirs = select(Exposure.rec_id).where(Exposure.user_id == user_id)
+    session.execute(sql_delete(Impression).where(Impression.rec_id.in_(theirs)))
+    session.execute(sql_delete(ExposureCount).where(ExposureCount.user_id == user_id))
     result = session.execute(sql_delete(Exposure).where(Exposure.user_id == user_id))
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -155,74 +192,250 @@ def serve_arm(
         served, teams = interleave(a, b, k, rec_id, (spec.arms[0].name, spec.arms[1].name))
         arm_name = None
     with rt.session() as session:
-        items = exposure_items(session, served, teams)
-        exposure = Exposure(
-            rec_id=rec_id, experiment_id=record.experiment_id, arm=arm_name, user_id=req.user_id, items=items
-        )
-        session.add(exposure)
+        log_exposure(session, record.experiment_id, rec_id, arm_name, req.user_id, served, teams)
         session.commit()
     return served, teams, arm_name
 
 
-def exposure_items(session: Session, served: Served, teams: list[str] | None = None) -> list[dict[str, Any]]:
-    """The exposure log's view of a served list: position, score, interactions and cold when shown, age (seconds
-    since the item's first upload), team."""
+def log_exposure(
+    session: Session,
+    experiment_id: str,
+    rec_id: str,
+    arm: str | None,
+    user_id: str,
+    served: Served,
+    teams: list[str] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Record a list served now (or `at`): the exposure, its impressions (position, score, interactions and cold when
+    shown, age in seconds since the item's first upload, the arm credited), each credited arm's counts and the items
+    each arm has shown (the first showing kept)."""
     rows = session.execute(
         select(ItemRecord.item_id, ItemRecord.created_at).where(ItemRecord.item_id.in_(served.items))
     ).all()
-    created = {item: as_utc(at) for item, at in rows}
-    now = utcnow()
-    return [
-        {
-            "item_id": item,
-            "position": p,
-            "score": served.scores[p],
-            "interactions": served.interactions[p],
-            "cold": served.interactions[p] == 0,
-            "age_s": (now - created[item]).total_seconds() if item in created else None,
-            "team": teams[p] if teams else None,
-        }
-        for p, item in enumerate(served.items)
-    ]
-
-
-def _exposure_log(row: Exposure) -> ExposureLog:
-    items = [Shown(i["item_id"], bool(i["cold"]), i.get("age_s"), i.get("team")) for i in row.items]
-    return ExposureLog(row.rec_id, row.arm, row.user_id, as_utc(row.created_at).timestamp(), items)
+    created = {item: as_utc(made) for item, made in rows}
+    now = at or utcnow()
+    session.add(Exposure(rec_id=rec_id, experiment_id=experiment_id, arm=arm, user_id=user_id, created_at=now))
+    counts: dict[str, list[int]] = {arm: [0, 0]} if arm is not None else {}
+    shown = []
+    for p, item in enumerate(served.items):
+        credited = teams[p] if teams else arm
+        cold = served.interactions[p] == 0
+        age = (now - created[item]).total_seconds() if item in created else None
+        session.add(
+            Impression(
+                rec_id=rec_id,
+                position=p,
+                item_id=item,
+                arm=credited,
+                cold=cold,
+                age_s=age,
+                score=served.scores[p],
+                interactions=served.interactions[p],
+            )
+        )
+        if credited is not None:
+            n = counts.setdefault(credited, [0, 0])
+            n[0], n[1] = n[0] + 1, n[1] + cold
+            shown.append(
+                {
+                    "experiment_id": experiment_id,
+                    "arm": credited,
+                    "item_id": item,
+                    "first_at": now,
+                    "first_cold": cold,
+                    "first_age_s": age,
+                    "shown_cold": cold,
+                    "shown_warm": not cold,
+                }
+            )
+    session.add_all(
+        ExposureCount(
+            rec_id=rec_id,
+            arm=credited,
+            experiment_id=experiment_id,
+            user_id=user_id,
+            impressions=n_all,
+            impressions_cold=n_cold,
+        )
+        for credited, (n_all, n_cold) in counts.items()
+    )
+    if shown:
+        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(ArmItem).values(shown)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[ArmItem.experiment_id, ArmItem.arm, ArmItem.item_id],
+                set_={
+                    "shown_cold": or_(ArmItem.shown_cold, stmt.excluded.shown_cold),
+                    "shown_warm": or_(ArmItem.shown_warm, stmt.excluded.shown_warm),
+                },
+            )
+        )
 
 
 def joined_events(session: Session, events: Sequence[EventLog]) -> int:
     """How many of these events join an exposure: same rec_id, same user, an item of that list."""
-    rec_ids = {e.rec_id for e in events if e.rec_id}
+    rec_ids = sorted({e.rec_id for e in events if e.rec_id})
     if not rec_ids:
         return 0
-    rows = session.scalars(select(Exposure).where(Exposure.rec_id.in_(rec_ids))).all()
-    return join([_exposure_log(r) for r in rows], [e for e in events if e.rec_id])[1]
+    shown = set(
+        session.execute(
+            select(Impression.rec_id, Exposure.user_id, Impression.item_id)
+            .join(Exposure, Exposure.rec_id == Impression.rec_id)
+            .where(Impression.rec_id.in_(rec_ids))
+        ).all()
+    )
+    return sum(1 for e in events if (e.rec_id, e.user_id, e.item_id) in shown)
 
 
 def report(rt: Runtime, experiment_id: str) -> tuple[Experiment, dict[str, Any]]:
-    """Exposures and their joined events from the database, catalogue sizes from the index, then the pure report."""
+    """The experiment's tally aggregated in SQL, catalogue sizes from the index, then the report."""
     with rt.session() as session:
         record = get(session, experiment_id)
         session.expunge(record)
     rt.active_version()  # 503 before any model exists: there is no catalogue to measure coverage against
+    spec = spec_of(record)
     with rt.session() as session:
-        exposures = [
-            _exposure_log(r) for r in session.scalars(select(Exposure).where(Exposure.experiment_id == experiment_id))
-        ]
-        rows = session.execute(
-            select(
-                Interaction.rec_id, Interaction.user_id, Interaction.item_id, Interaction.kind, Interaction.created_at
+        t = tally(session, spec, experiment_id, as_utc(record.start_at).timestamp())
+        shown_cold = list(
+            session.scalars(
+                select(ArmItem.item_id).distinct().where(ArmItem.experiment_id == experiment_id, ArmItem.shown_cold)
             )
-            .join(Exposure, Exposure.rec_id == Interaction.rec_id)
-            .where(Exposure.experiment_id == experiment_id)
-        ).all()
-    events = [EventLog(str(rec), user, item, kind, as_utc(at).timestamp()) for rec, user, item, kind, at in rows]
+        )
     n_items = count(rt.index)
     cold_now = count(rt.index, payload_filter(cold_only=True))
-    shown_cold = sorted({s.item_id for e in exposures for s in e.items if s.cold})
     warmed = sum(1 for h in get_items(rt.index, shown_cold, vectors=False) if int(h.payload.get("interactions", 0)))
-    catalogue = Catalogue(n_items, cold_now + warmed, n_items - cold_now)
-    return record, build_report(
-        spec_of(record), exposures, events, catalogue, start=as_utc(record.start_at).timestamp()
+    return record, report_of(spec, t, Catalogue(n_items, cold_now + warmed, n_items - cold_now))
+
+
+def _n(flag: Any) -> Any:
+    """1 where a boolean SQL expression holds, else 0 (for sums)."""
+    return case((flag, 1), else_=0)
+
+
+def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: float) -> Tally:
+    """The report's tally, aggregated in SQL: per arm and user, the sums of the exposures' counts and of their clicked
+    impressions (events joined by rec_id, user and item); per arm, the items shown and the new ones' first clicks;
+    per list with a click, the interleaving outcome. What reaches Python grows with users, clicked lists and items
+    shown, not with impressions."""
+    names = spec.names
+    clicked = (
+        select(
+            Interaction.rec_id,
+            Interaction.item_id,
+            Impression.arm,
+            Impression.cold,
+            Exposure.user_id,
+            func.min(Interaction.created_at).label("at"),
+            func.max(_n(Interaction.kind.in_(sorted(CONVERSION_KINDS)))).label("conv"),
+            func.count().label("events"),
+        )
+        .join(Exposure, and_(Exposure.rec_id == Interaction.rec_id, Exposure.user_id == Interaction.user_id))
+        .join(Impression, and_(Impression.rec_id == Interaction.rec_id, Impression.item_id == Interaction.item_id))
+        .where(Exposure.experiment_id == experiment_id)
+        .group_by(Interaction.rec_id, Interaction.item_id, Impression.arm, Impression.cold, Exposure.user_id)
+        .subquery()
+    )
+    per_user: dict[str, dict[str, np.ndarray]] = {a: {} for a in names}
+    exposures = dict.fromkeys(names, 0)
+    for arm, user, n_exposures, n, n_cold in session.execute(
+        select(
+            ExposureCount.arm,
+            ExposureCount.user_id,
+            func.count(),
+            func.sum(ExposureCount.impressions),
+            func.sum(ExposureCount.impressions_cold),
+        )
+        .where(ExposureCount.experiment_id == experiment_id)
+        .group_by(ExposureCount.arm, ExposureCount.user_id)
+    ):
+        if arm in per_user:
+            row = per_user[arm][user] = np.zeros(len(COUNTS))
+            row[[IX["impressions"], IX["impressions_cold"], IX["impressions_warm"]]] = n, n_cold, n - n_cold
+            exposures[arm] += n_exposures
+    for arm, user, n, n_cold, n_conv, n_conv_cold in session.execute(
+        select(
+            clicked.c.arm,
+            clicked.c.user_id,
+            func.count(),
+            func.sum(_n(clicked.c.cold)),
+            func.sum(clicked.c.conv),
+            func.sum(_n(and_(clicked.c.cold, clicked.c.conv == 1))),
+        ).group_by(clicked.c.arm, clicked.c.user_id)
+    ):
+        if arm in per_user:
+            row = per_user[arm].setdefault(user, np.zeros(len(COUNTS)))
+            figures = {
+                "clicks": n,
+                "clicks_cold": n_cold,
+                "clicks_warm": n - n_cold,
+                "conversions": n_conv,
+                "conversions_cold": n_conv_cold,
+                "conversions_warm": n_conv - n_conv_cold,
+            }
+            for key, value in figures.items():
+                row[IX[key]] += value
+    shown = {a: {"all": 0, "cold": 0, "warm": 0} for a in names}
+    new_items = dict.fromkeys(names, 0)
+    for arm, n, n_cold, n_warm, n_new in session.execute(
+        select(
+            ArmItem.arm,
+            func.count(),
+            func.sum(_n(ArmItem.shown_cold)),
+            func.sum(_n(ArmItem.shown_warm)),
+            func.sum(_n(ArmItem.first_cold)),
+        )
+        .where(ArmItem.experiment_id == experiment_id)
+        .group_by(ArmItem.arm)
+    ):
+        if arm in shown:
+            shown[arm] = {"all": n, "cold": n_cold, "warm": n_warm}
+            new_items[arm] = n_new
+    first_click = (
+        select(clicked.c.arm, clicked.c.item_id, func.min(clicked.c.at).label("at"))
+        .group_by(clicked.c.arm, clicked.c.item_id)
+        .subquery()
+    )
+    first_seen = (
+        select(ArmItem.item_id, func.min(ArmItem.first_at).label("at"))
+        .where(ArmItem.experiment_id == experiment_id)
+        .group_by(ArmItem.item_id)
+        .subquery()
+    )
+    hours: dict[str, list[float]] = {a: [] for a in names}
+    for arm, first_at, age, seen, click in session.execute(
+        select(ArmItem.arm, ArmItem.first_at, ArmItem.first_age_s, first_seen.c.at, first_click.c.at)
+        .join(first_click, and_(first_click.c.arm == ArmItem.arm, first_click.c.item_id == ArmItem.item_id))
+        .join(first_seen, first_seen.c.item_id == ArmItem.item_id)
+        .where(ArmItem.experiment_id == experiment_id, ArmItem.first_cold)
+    ):
+        if arm in hours:
+            shown_at, seen_at, click_at = (as_utc(x).timestamp() for x in (first_at, seen, click))
+            hours[arm].append(new_item_hours(start, shown_at, age, seen_at, click_at))
+    outcomes_all: list[int] = []
+    outcomes_cold: list[int] = []
+    if spec.kind == "interleaving":
+        treatment, control, cold = clicked.c.arm == spec.treatments[0], clicked.c.arm == spec.control, clicked.c.cold
+        for a, b, a_cold, b_cold, n_cold in session.execute(
+            select(
+                func.sum(_n(treatment)),
+                func.sum(_n(control)),
+                func.sum(_n(and_(treatment, cold))),
+                func.sum(_n(and_(control, cold))),
+                func.sum(_n(cold)),
+            ).group_by(clicked.c.rec_id)
+        ):
+            outcomes_all.append((a > b) - (a < b))
+            if n_cold:
+                outcomes_cold.append((a_cold > b_cold) - (a_cold < b_cold))
+    events = session.scalar(
+        select(func.count())
+        .select_from(Interaction)
+        .join(Exposure, Exposure.rec_id == Interaction.rec_id)
+        .where(Exposure.experiment_id == experiment_id)
+    )
+    joined = session.scalar(select(func.coalesce(func.sum(clicked.c.events), 0)))
+    return Tally(
+        per_user, exposures, shown, new_items, hours, outcomes_all, outcomes_cold, int(events or 0), int(joined or 0)
     )

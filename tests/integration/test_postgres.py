@@ -24,6 +24,7 @@ from services.db import Job, make_engine, utcnow
 from services.media_store import MediaStore
 from tests.helpers import free_port
 from tests.integration.conftest import ApiServer, PostgresServer, Worker, make_service_env, wait_job
+from tests.unit.test_report_sql import check_sql_report
 from thaw.schema import JobStatus
 
 pytestmark = pytest.mark.integration
@@ -197,3 +198,8 @@ def test_processes_starting_at_once_create_the_schema_once_on_postgres(postgres:
     assert "jobs" in inspect(engines[0]).get_table_names()
     for engine in engines:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["ab", "interleaving"])
+def test_experiment_reports_aggregate_in_sql_on_postgres(postgres: PostgresServer, kind: str) -> None:
+    check_sql_report(postgres.database(f"reports_{kind}"), kind)

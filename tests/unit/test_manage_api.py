@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from entrypoints.demo import Server
@@ -26,11 +27,24 @@ from entrypoints.runtime import build_runtime
 from indexer.collections import ITEMS, USERS, activate, collection_name
 from indexer.search import get_items, get_user
 from indexer.writer import ItemPoint, set_item_cf, upsert_items, upsert_users
-from services.db import Base, Exposure, Interaction, ItemRecord, Job, ReembedItem, ReembedJob
+from services.db import (
+    ArmItem,
+    Base,
+    ExposureCount,
+    Impression,
+    Interaction,
+    ItemRecord,
+    Job,
+    ReembedItem,
+    ReembedJob,
+)
 from services.embedding import drop_deleted
+from services.experiments import log_exposure
 from services.runtime import Runtime
+from services.serving import Served
 from tests.unit.test_experiments_api import POPULARITY, _index_version
 from tests.unit.test_experiments_api import USERS as ALS_USERS
+from thaw.experiments.policies import make_policy
 from thaw.schema import CF, JobStatus
 from thaw.settings import Settings
 
@@ -117,9 +131,9 @@ def test_delete_leaves_nothing_of_the_item_in_any_version_the_media_store_or_the
         point = ItemPoint(doomed, vectors, {"interactions": 0, "modalities": ["text", "image", "audio"]})
         upsert_items(rt.index, collection_name(ITEMS, version), [point], keep_cf=False)
     assert client.post("/events", json={"user_id": "u00", "item_id": doomed}).json()["accepted"] == 1
-    shown = [{"item_id": doomed, "position": 0, "cold": True}, {"item_id": "w0", "position": 1, "cold": False}]
+    shown = Served(make_policy("thaw"), "v1", None, [doomed, "w0"], [0.9, 0.8], [0, 3])
     with Session(rt.engine) as session:
-        session.add(Exposure(rec_id="rec-1", experiment_id="exp-1", arm="a", user_id="u01", items=shown))
+        log_exposure(session, "exp-1", "rec-1", "a", "u01", shown)
         session.add(
             ReembedJob(job_id="rj-1", target_version="v2", total=2, chunk_size=8, max_failed_share=0.1, keep_versions=2)
         )
@@ -128,7 +142,7 @@ def test_delete_leaves_nothing_of_the_item_in_any_version_the_media_store_or_the
     assert _points(rt, ITEMS, [doomed]) == {"v1": [doomed], "v2": [doomed]}
     assert rt.store.get(doomed, "image") == _png() and rt.store.get(doomed, "audio") is not None
     tables = {m.split(":")[0] for m in _mentions(rt, doomed)}
-    assert tables == {"items", "jobs", "interactions", "exposures", "reembed_items"}, tables
+    assert tables == {"items", "jobs", "interactions", "impressions", "arm_items", "reembed_items"}, tables
 
     resp = client.delete(f"/items/{doomed}")
     assert resp.status_code == 204, resp.text
@@ -136,8 +150,11 @@ def test_delete_leaves_nothing_of_the_item_in_any_version_the_media_store_or_the
     assert [p for p in rt.store.root.rglob("*") if p.is_file()] == []  # it held the only originals
     assert _mentions(rt, doomed) == []
     with Session(rt.engine) as session:
-        exposure = session.get(Exposure, "rec-1")
-        assert exposure is not None and [i["item_id"] for i in exposure.items] == ["w0"]  # the rest stays
+        left = session.execute(select(Impression.position, Impression.item_id).where(Impression.rec_id == "rec-1"))
+        assert left.all() == [(1, "w0")]  # the rest stays, at its position
+        counts = session.get(ExposureCount, ("rec-1", "a"))
+        assert counts is not None and (counts.impressions, counts.impressions_cold) == (1, 0)
+        assert [a.item_id for a in session.scalars(select(ArmItem))] == ["w0"]
         job = session.get(ReembedJob, "rj-1")
         assert job is not None and job.total == 1  # done + failed + pending = total still
     # a repeat (and any unknown id) is a 404, never a 500; the other items are untouched

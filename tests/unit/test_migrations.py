@@ -3,6 +3,7 @@ revisions gets what it lacks (the event join index among it) and keeps its rows.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -10,9 +11,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 
-from services.db import MIGRATIONS, Base, make_engine
+from services.db import MIGRATIONS, Base, make_engine, migrate
 
 OLD_SCHEMA = """
 CREATE TABLE items (item_id VARCHAR(128) NOT NULL PRIMARY KEY, metadata JSON NOT NULL, media JSON NOT NULL,
@@ -76,3 +77,54 @@ def test_a_database_from_before_the_revisions_is_upgraded_and_keeps_its_rows(tmp
     # columns added to existing tables): no table, column or index is missing.
     kinds = {diff[0] if isinstance(diff, tuple) else "modify" for diff in _differences(url)}
     assert kinds <= {"modify"}, kinds
+
+
+def test_logged_exposures_move_into_the_report_tables(tmp_path: Path) -> None:
+    """A database whose exposures hold their items as JSON (revision 0003) gets one impressions row per item, each
+    credited arm's counts and the items each arm showed first (the older exposure first), and loses the JSON."""
+    url = f"sqlite:///{tmp_path / 'logged.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        migrate(conn, "0003")
+        ab = [
+            {"item_id": "a", "position": 0, "score": 0.9, "interactions": 0, "cold": True, "age_s": 60.0},
+            {"item_id": "b", "position": 1, "score": 0.5, "interactions": 4, "cold": False, "age_s": None},
+        ]
+        inter = [
+            {"item_id": "a", "position": 0, "score": 0.7, "interactions": 2, "cold": False, "team": "t"},
+            {"item_id": "c", "position": 1, "score": 0.6, "interactions": 0, "cold": True, "team": "c"},
+        ]
+        rows = [
+            ("r2", "e1", "t", "u2", json.dumps([ab[0]]), "2026-01-02 00:00:00"),
+            ("r1", "e1", "t", "u1", json.dumps(ab), "2026-01-01 00:00:00"),
+            ("r3", "e2", None, "u1", json.dumps(inter), "2026-01-03 00:00:00"),
+        ]
+        keys = ("rec_id", "experiment_id", "arm", "user_id", "items", "created_at")
+        insert = text(f"INSERT INTO exposures ({', '.join(keys)}) VALUES ({', '.join(':' + k for k in keys)})")
+        conn.execute(insert, [dict(zip(keys, row, strict=True)) for row in rows])
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert "items" not in {c["name"] for c in inspect(conn).get_columns("exposures")}
+        assert conn.execute(
+            text("SELECT rec_id, position, item_id, arm, cold FROM impressions ORDER BY 1, 2")
+        ).all() == [
+            ("r1", 0, "a", "t", 1),
+            ("r1", 1, "b", "t", 0),
+            ("r2", 0, "a", "t", 1),
+            ("r3", 0, "a", "t", 0),
+            ("r3", 1, "c", "c", 1),
+        ]
+        counts = "SELECT rec_id, arm, user_id, impressions, impressions_cold FROM exposure_counts ORDER BY 1, 2"
+        assert conn.execute(text(counts)).all() == [
+            ("r1", "t", "u1", 2, 1),
+            ("r2", "t", "u2", 1, 1),
+            ("r3", "c", "u1", 1, 1),
+            ("r3", "t", "u1", 1, 0),
+        ]
+        shown = "SELECT experiment_id, arm, item_id, first_at, first_cold, first_age_s, shown_cold, shown_warm "
+        assert conn.execute(text(shown + "FROM arm_items ORDER BY 1, 2, 3")).all() == [
+            ("e1", "t", "a", "2026-01-01 00:00:00.000000", 1, 60.0, 1, 0),
+            ("e1", "t", "b", "2026-01-01 00:00:00.000000", 0, None, 0, 1),
+            ("e2", "c", "c", "2026-01-03 00:00:00.000000", 1, None, 1, 0),
+            ("e2", "t", "a", "2026-01-03 00:00:00.000000", 0, None, 0, 1),
+        ]

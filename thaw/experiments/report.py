@@ -133,91 +133,111 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class _Tally:
-    """Per arm: each user's counts (a row of COUNTS), items shown by slice, when each item was first shown and first
-    clicked; interleaving outcomes."""
+class Tally:
+    """What a report is made of, per arm: each user's row of COUNTS, the exposures, the distinct items shown (all,
+    cold, warm), the new items (cold when the arm first showed them) and the hours from each one's arrival to the arm's
+    first click on it (the clicked ones); for interleaving, the outcome of each list with a click (all clicks, cold
+    clicks); the events carrying the experiment's rec_ids, and how many of them joined an impression.
+    `tally` makes it from records in memory (the offline replay); services.experiments aggregates it in SQL."""
 
     per_user: dict[str, dict[str, np.ndarray]]
     exposures: dict[str, int]
-    shown: dict[str, dict[str, set[str]]]
-    first_shown: dict[str, dict[str, tuple[float, bool, float | None]]]
-    first_seen_any: dict[str, float]
-    first_click: dict[str, dict[str, float]]
+    shown: dict[str, dict[str, int]]
+    new_items: dict[str, int]
+    hours_to_click: dict[str, list[float]]
     outcomes_all: list[int]
     outcomes_cold: list[int]
+    events: int
+    joined: int
 
 
-_IX = {name: i for i, name in enumerate(COUNTS)}
+IX = {name: i for i, name in enumerate(COUNTS)}
 
 
-def _tally(spec: ExperimentSpec, exposures: Sequence[ExposureLog], clicked: Clicks) -> _Tally:
+def new_item_hours(start: float, first_shown: float, age_s: float | None, first_seen: float, click: float) -> float:
+    """Hours from a new item's arrival — max(experiment start, its creation), or when any arm first showed it when
+    its age is unknown — to an arm's first click on it."""
+    origin = max(start, first_shown - age_s) if age_s is not None else first_seen
+    return max(0.0, click - origin) / 3600.0
+
+
+def tally(spec: ExperimentSpec, exposures: Sequence[ExposureLog], events: Sequence[EventLog], start: float) -> Tally:
+    clicked, joined = join(exposures, events)
     names = spec.names
-    t = _Tally(
-        {a: defaultdict(lambda: np.zeros(len(COUNTS))) for a in names},
-        dict.fromkeys(names, 0),
-        {a: {"all": set(), "cold": set(), "warm": set()} for a in names},
-        {a: {} for a in names},
-        {},
-        {a: {} for a in names},
-        [],
-        [],
-    )
+    per_user: dict[str, dict[str, np.ndarray]] = {a: defaultdict(lambda: np.zeros(len(COUNTS))) for a in names}
+    exposures_n = dict.fromkeys(names, 0)
+    shown: dict[str, dict[str, set[str]]] = {a: {"all": set(), "cold": set(), "warm": set()} for a in names}
+    first_shown: dict[str, dict[str, tuple[float, bool, float | None]]] = {a: {} for a in names}
+    first_seen: dict[str, float] = {}
+    first_click: dict[str, dict[str, float]] = {a: {} for a in names}
+    outcomes_all: list[int] = []
+    outcomes_cold: list[int] = []
     for exp in sorted(exposures, key=lambda e: e.at):
         clicks = clicked.get(exp.rec_id, {})
         teams = {s.team or exp.arm for s in exp.items} if spec.kind == "interleaving" else {exp.arm}
         for team in teams:
-            if team in t.exposures:
-                t.exposures[team] += 1
-                t.per_user[team][exp.user_id] += 0  # a served user counts even if their list was empty
+            if team in exposures_n:
+                exposures_n[team] += 1
+                per_user[team][exp.user_id] += 0  # a served user counts even if their list was empty
         for pos, s in enumerate(exp.items):
             credited = s.team if spec.kind == "interleaving" else exp.arm
-            if credited not in t.per_user:
+            if credited not in per_user:
                 continue
             slice_ = "cold" if s.cold else "warm"
-            row = t.per_user[credited][exp.user_id]
-            row[_IX["impressions"]] += 1
-            row[_IX[f"impressions_{slice_}"]] += 1
+            row = per_user[credited][exp.user_id]
+            row[IX["impressions"]] += 1
+            row[IX[f"impressions_{slice_}"]] += 1
             hit = clicks.get(pos)
             if hit is not None:
-                row[_IX["clicks"]] += 1
-                row[_IX[f"clicks_{slice_}"]] += 1
+                row[IX["clicks"]] += 1
+                row[IX[f"clicks_{slice_}"]] += 1
                 if hit[1]:
-                    row[_IX["conversions"]] += 1
-                    row[_IX[f"conversions_{slice_}"]] += 1
-                t.first_click[credited][s.item_id] = min(t.first_click[credited].get(s.item_id, math.inf), hit[0])
-            t.shown[credited]["all"].add(s.item_id)
-            t.shown[credited][slice_].add(s.item_id)
-            t.first_shown[credited].setdefault(s.item_id, (exp.at, s.cold, s.age_s))
-            t.first_seen_any.setdefault(s.item_id, exp.at)
+                    row[IX["conversions"]] += 1
+                    row[IX[f"conversions_{slice_}"]] += 1
+                first_click[credited][s.item_id] = min(first_click[credited].get(s.item_id, math.inf), hit[0])
+            shown[credited]["all"].add(s.item_id)
+            shown[credited][slice_].add(s.item_id)
+            first_shown[credited].setdefault(s.item_id, (exp.at, s.cold, s.age_s))
+            first_seen.setdefault(s.item_id, exp.at)
         if spec.kind == "interleaving" and clicks:
             owner = [s.team or "" for s in exp.items]
             flags = [p in clicks for p in range(len(exp.items))]
             treatment, control = spec.treatments[0], spec.control
-            t.outcomes_all.append(interleaving.outcome(owner, flags, treatment, control))
+            outcomes_all.append(interleaving.outcome(owner, flags, treatment, control))
             cold_flags = [f and s.cold for f, s in zip(flags, exp.items, strict=True)]
             if any(cold_flags):
-                t.outcomes_cold.append(interleaving.outcome(owner, cold_flags, treatment, control))
-    return t
+                outcomes_cold.append(interleaving.outcome(owner, cold_flags, treatment, control))
+    return Tally(
+        {a: dict(rows) for a, rows in per_user.items()},
+        exposures_n,
+        {a: {k: len(v) for k, v in sets.items()} for a, sets in shown.items()},
+        {a: sum(1 for _, cold, _ in first_shown[a].values() if cold) for a in names},
+        {
+            a: [
+                new_item_hours(start, at, age, first_seen[item], first_click[a][item])
+                for item, (at, cold, age) in first_shown[a].items()
+                if cold and item in first_click[a]
+            ]
+            for a in names
+        },
+        outcomes_all,
+        outcomes_cold,
+        len(events),
+        joined,
+    )
 
 
-def _arm(arm: Arm, t: _Tally, mat: np.ndarray, catalogue: Catalogue, start: float, level: float) -> dict[str, Any]:
+def _arm(arm: Arm, t: Tally, mat: np.ndarray, catalogue: Catalogue, level: float) -> dict[str, Any]:
     """One arm's counts, metrics with intervals, coverage and new items' time to a first click."""
     metrics: dict[str, Any] = {
-        m: _rounded(stats.ratio(mat[:, _IX[num]], mat[:, _IX[den]], level, (0.0, 1.0)).as_dict())
+        m: _rounded(stats.ratio(mat[:, IX[num]], mat[:, IX[den]], level, (0.0, 1.0)).as_dict())
         for m, (num, den) in RATIO_METRICS.items()
     }
     sizes = {"coverage": catalogue.items, "coverage_cold": catalogue.cold, "coverage_warm": catalogue.warm}
     for m, key in zip(COVERAGE_METRICS, ("all", "cold", "warm"), strict=True):
-        value = len(t.shown[arm.name][key]) / sizes[m] if sizes[m] else None
+        value = t.shown[arm.name][key] / sizes[m] if sizes[m] else None
         metrics[m] = {"value": _round(value), "ci_low": None, "ci_high": None, "units": sizes[m]}
-    first_shown = t.first_shown[arm.name]
-    new = [i for i, (_, cold, _) in first_shown.items() if cold]
-    hours = []
-    for item in new:
-        at, _, age = first_shown[item]
-        origin = max(start, at - age) if age is not None else t.first_seen_any[item]
-        if item in t.first_click[arm.name]:
-            hours.append(max(0.0, t.first_click[arm.name][item] - origin) / 3600.0)
+    new, hours = t.new_items[arm.name], t.hours_to_click[arm.name]
     return {
         **arm.as_dict(),
         "users": len(t.per_user[arm.name]),
@@ -225,9 +245,9 @@ def _arm(arm: Arm, t: _Tally, mat: np.ndarray, catalogue: Catalogue, start: floa
         "counts": {c: int(mat[:, i].sum()) for i, c in enumerate(COUNTS)},
         "metrics": metrics,
         "new_items": {
-            "items": len(new),
+            "items": new,
             "with_first_click": len(hours),
-            "share_clicked": _round(len(hours) / len(new)) if new else None,
+            "share_clicked": _round(len(hours) / new) if new else None,
             "median_hours_to_first_click": _round(float(np.median(hours)), 4) if hours else None,
         },
     }
@@ -242,7 +262,7 @@ def _vs_control(
     for name in spec.treatments:
         t = matrices[name]
         diffs = {
-            m: _rounded(stats.ratio_difference(t[:, _IX[n]], t[:, _IX[d]], c[:, _IX[n]], c[:, _IX[d]], level).as_dict())
+            m: _rounded(stats.ratio_difference(t[:, IX[n]], t[:, IX[d]], c[:, IX[n]], c[:, IX[d]], level).as_dict())
             for m, (n, d) in RATIO_METRICS.items()
         }
         for m in COVERAGE_METRICS:
@@ -263,18 +283,21 @@ def build_report(
     level: float = 0.95,
 ) -> dict[str, Any]:
     """The report of an experiment from its exposures and events (see DEFINITIONS)."""
-    clicked, joined = join(exposures, events)
-    t = _tally(spec, exposures, clicked)
+    return report_of(spec, tally(spec, exposures, events, start), catalogue, level)
+
+
+def report_of(spec: ExperimentSpec, t: Tally, catalogue: Catalogue, level: float = 0.95) -> dict[str, Any]:
+    """The report of an experiment from its tally (see DEFINITIONS)."""
     matrices = {
         a.name: np.stack(list(t.per_user[a.name].values())) if t.per_user[a.name] else np.zeros((0, len(COUNTS)))
         for a in spec.arms
     }
-    arms = {a.name: _arm(a, t, matrices[a.name], catalogue, start, level) for a in spec.arms}
+    arms = {a.name: _arm(a, t, matrices[a.name], catalogue, level) for a in spec.arms}
     report: dict[str, Any] = {
         "experiment": spec.as_dict(),
         "catalogue": {"items": catalogue.items, "cold": catalogue.cold, "warm": catalogue.warm},
-        "events_joined": joined,
-        "events_not_joined": len(events) - joined,
+        "events_joined": t.joined,
+        "events_not_joined": t.events - t.joined,
         "arms": arms,
         "vs_control": {},
         "srm": None,
