@@ -3,10 +3,9 @@ the report aggregated in SQL (`services.experiments.tally`, then the report's st
 same run: the same report computed in memory from the same records (`thaw.experiments.report.build_report`, what
 the service ran before the SQL aggregation), which must give the identical report.
 
-The records are written in bulk in the layout the service's serving path writes them (`log_exposure`): exposures,
-impressions, per-arm counts per exposure and the items each arm has shown; events carry the rec_id of a list, most
-on one of its items by the same user, some by another user. The SQL report is timed from a cold start of its
-database connection, twice (the second with SQLite's page cache warm)."""
+The records are written in bulk in the layout that the serving path writes (`log_exposure`): exposures, impressions,
+each user's running counts per arm and the items each arm has shown; events carry the rec_id of a list, most on one
+of its items by the same user, some by another user. The SQL report is timed on a new database connection, twice."""
 
 from __future__ import annotations
 
@@ -48,7 +47,7 @@ def generate(n: int, k: int, n_events: int, n_users: int, n_items: int, seed: in
     rng = np.random.default_rng(seed)
     at = np.arange(n, dtype=float) * 0.5  # two lists a second
     users = rng.integers(0, n_users, n)
-    arm = users % 2
+    arm = users % 2  # the user's arm
     items = rng.integers(0, n_items, (n, k))
     dup = np.any(np.diff(np.sort(items, axis=1), axis=1) == 0, axis=1)
     items[dup] = np.arange(k) + rng.integers(0, n_items - k, (int(dup.sum()), 1))  # distinct within a list
@@ -91,10 +90,11 @@ def write(path: Path, d: dict[str, Any]) -> None:
             for p in range(k)
         ),
     )
-    n_cold = cold.sum(axis=1)
+    lists = np.bincount(users)  # a user's arm is fixed (users % 2)
+    n_cold = np.bincount(users, weights=cold.sum(axis=1))
     con.executemany(
-        "INSERT INTO exposure_counts VALUES (?, ?, 'e', ?, ?, ?)",
-        ((f"r{j}", ARMS[arm[j]], f"u{users[j]}", k, int(n_cold[j])) for j in range(n)),
+        "INSERT INTO arm_users VALUES ('e', ?, ?, ?, ?, ?)",
+        ((ARMS[u % 2], f"u{u}", int(lists[u]), int(k * lists[u]), int(n_cold[u])) for u in np.flatnonzero(lists)),
     )
     key = (np.repeat(arm, k) * (items.max() + 1) + items.ravel()).astype(np.int64)
     flat_cold = cold.ravel()

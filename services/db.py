@@ -157,18 +157,15 @@ class Impression(Base):
     interactions: Mapped[int] = mapped_column(Integer)
 
 
-class ExposureCount(Base):
-    """An exposure's impressions credited to one arm, all and cold, written with it: a report sums these per arm and
-    user instead of reading every impression."""
+class ArmUser(Base):
+    """A user's running counts in an arm of an experiment — lists served, impressions, cold impressions — raised with
+    each list served: a report reads one row per arm and user instead of every exposure."""
 
-    __tablename__ = "exposure_counts"
-    __table_args__ = (
-        Index("ix_exposure_counts_report", "experiment_id", "arm", "user_id", "impressions", "impressions_cold"),
-    )
-    rec_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    __tablename__ = "arm_users"
+    experiment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     arm: Mapped[str] = mapped_column(String(64), primary_key=True)
-    experiment_id: Mapped[str] = mapped_column(String(64))
-    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    exposures: Mapped[int] = mapped_column(Integer)
     impressions: Mapped[int] = mapped_column(Integer)
     impressions_cold: Mapped[int] = mapped_column(Integer)
 
@@ -255,8 +252,12 @@ def finish_job(job: Job, status: str, error: str | None = None) -> None:
     log_job(job, status, level=logging.WARNING if status == "failed" else logging.INFO)
 
 
+SQLITE_MMAP_BYTES = 1 << 30
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for any SQLAlchemy URL; SQLite gets WAL and a busy timeout so API and workers can share it."""
+    """An engine for any SQLAlchemy URL; SQLite gets WAL and a busy timeout so API and workers can share it, and reads
+    through a memory map (reports probe large tables at random)."""
     is_sqlite = url.startswith("sqlite")
     engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite)
     if is_sqlite:
@@ -266,6 +267,7 @@ def make_engine(url: str) -> Engine:
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             cur.close()
 
     with engine.begin() as conn:

@@ -5,23 +5,41 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from indexer.search import count, get_items, payload_filter
 from services.db import (
     ArmItem,
+    ArmUser,
     Experiment,
     Exposure,
-    ExposureCount,
     Impression,
     Interaction,
     ItemRecord,
@@ -125,21 +143,19 @@ def get(session: Session, experiment_id: str) -> Experiment:
 
 
 def forget_item(session: Session, item_id: str) -> None:
-    """Take a deleted item out of every exposure that showed it (the other positions keep theirs) and out of the
-    counts and items shown of each arm."""
+    """Take a deleted item out of every exposure that showed it (the other positions keep theirs), out of its users'
+    counts and out of the items each arm has shown."""
     shown = session.execute(
-        select(Impression.rec_id, Impression.arm, func.count(), func.sum(case((Impression.cold, 1), else_=0)))
-        .where(Impression.item_id == item_id)
-        .group_by(Impression.rec_id, Impression.arm)
+        select(Exposure.experiment_id, Impression.arm, Exposure.user_id, func.count(), func.sum(_n(Impression.cold)))
+        .join(Exposure, Exposure.rec_id == Impression.rec_id)
+        .where(Impression.item_id == item_id, Impression.arm.is_not(None))
+        .group_by(Exposure.experiment_id, Impression.arm, Exposure.user_id)
     ).all()
-    for rec_id, arm, n, n_cold in shown:
+    for experiment_id, arm, user_id, n, n_cold in shown:
         session.execute(
-            update(ExposureCount)
-            .where(ExposureCount.rec_id == rec_id, ExposureCount.arm == arm)
-            .values(
-                impressions=ExposureCount.impressions - n,
-                impressions_cold=ExposureCount.impressions_cold - int(n_cold or 0),
-            )
+            update(ArmUser)
+            .where(ArmUser.experiment_id == experiment_id, ArmUser.arm == arm, ArmUser.user_id == user_id)
+            .values(impressions=ArmUser.impressions - n, impressions_cold=ArmUser.impressions_cold - int(n_cold))
         )
     session.execute(sql_delete(Impression).where(Impression.item_id == item_id))
     session.execute(sql_delete(ArmItem).where(ArmItem.item_id == item_id))
@@ -149,7 +165,7 @@ def forget_user(session: Session, user_id: str) -> int:
     """Delete a user's exposures (their rec_ids, arms, lists and counts); returns how many there were."""
     theirs = select(Exposure.rec_id).where(Exposure.user_id == user_id)
     session.execute(sql_delete(Impression).where(Impression.rec_id.in_(theirs)))
-    session.execute(sql_delete(ExposureCount).where(ExposureCount.user_id == user_id))
+    session.execute(sql_delete(ArmUser).where(ArmUser.user_id == user_id))
     result = session.execute(sql_delete(Exposure).where(Exposure.user_id == user_id))
     return int(getattr(result, "rowcount", 0) or 0)
 
@@ -208,8 +224,8 @@ def log_exposure(
     at: datetime | None = None,
 ) -> None:
     """Record a list served now (or `at`): the exposure, its impressions (position, score, interactions and cold when
-    shown, age in seconds since the item's first upload, the arm credited), each credited arm's counts and the items
-    each arm has shown (the first showing kept)."""
+    shown, age in seconds since the item's first upload, the arm credited), the user's running counts in each
+    credited arm and the items each arm has shown (the first showing kept)."""
     rows = session.execute(
         select(ItemRecord.item_id, ItemRecord.created_at).where(ItemRecord.item_id.in_(served.items))
     ).all()
@@ -249,19 +265,31 @@ def log_exposure(
                     "shown_warm": not cold,
                 }
             )
-    session.add_all(
-        ExposureCount(
-            rec_id=rec_id,
-            arm=credited,
-            experiment_id=experiment_id,
-            user_id=user_id,
-            impressions=n_all,
-            impressions_cold=n_cold,
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    if counts:
+        stmt = insert(ArmUser).values(
+            [
+                {
+                    "experiment_id": experiment_id,
+                    "arm": credited,
+                    "user_id": user_id,
+                    "exposures": 1,
+                    "impressions": n_all,
+                    "impressions_cold": n_cold,
+                }
+                for credited, (n_all, n_cold) in counts.items()
+            ]
         )
-        for credited, (n_all, n_cold) in counts.items()
-    )
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[ArmUser.experiment_id, ArmUser.arm, ArmUser.user_id],
+                set_={
+                    key: getattr(ArmUser, key) + getattr(stmt.excluded, key)
+                    for key in ("exposures", "impressions", "impressions_cold")
+                },
+            )
+        )
     if shown:
-        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
         stmt = insert(ArmItem).values(shown)
         session.execute(
             stmt.on_conflict_do_update(
@@ -309,52 +337,82 @@ def report(rt: Runtime, experiment_id: str) -> tuple[Experiment, dict[str, Any]]
     return record, report_of(spec, t, Catalogue(n_items, cold_now + warmed, n_items - cold_now))
 
 
+def _epoch(conn: Connection) -> Callable[[Any], Any]:
+    """Seconds since the Unix epoch of a datetime column, computed by the database (SQLite: to the millisecond)."""
+    if conn.dialect.name == "postgresql":
+        return lambda at: cast(func.extract("epoch", at), Float)
+    return lambda at: (func.julianday(at) - 2440587.5) * 86400.0
+
+
 def _n(flag: Any) -> Any:
     """1 where a boolean SQL expression holds, else 0 (for sums)."""
     return case((flag, 1), else_=0)
 
 
+CLICKED = Table(  # a report's clicked impressions, computed once per report in a temporary table of its connection
+    "report_clicked",
+    MetaData(),
+    Column("rec_id", String(64)),
+    Column("item_id", String(128)),
+    Column("arm", String(64)),
+    Column("cold", Boolean),
+    Column("user_id", String(128)),
+    Column("at", DateTime(timezone=True)),  # the first event's
+    Column("conv", Integer),  # 1: one of the events is a conversion
+    Column("events", Integer),
+    prefixes=["TEMPORARY"],
+)
+
+
 def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: float) -> Tally:
-    """The report's tally, aggregated in SQL: per arm and user, the sums of the exposures' counts and of their clicked
+    """The report's tally, aggregated in SQL: per arm and user, the running counts and the sums of the clicked
     impressions (events joined by rec_id, user and item); per arm, the items shown and the new ones' first clicks;
-    per list with a click, the interleaving outcome. What reaches Python grows with users, clicked lists and items
-    shown, not with impressions."""
+    per list with a click, the interleaving outcome. No query reads every exposure or impression: the cost grows with
+    users, events and items shown."""
+    conn = session.connection()
+    CLICKED.create(conn)
+    try:
+        return _tally(conn, spec, experiment_id, start)
+    finally:
+        CLICKED.drop(conn)
+        session.commit()  # the drop too: SQLite's driver commits DDL of its own, the pool reuses the connection
+
+
+def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: float) -> Tally:
     names = spec.names
-    clicked = (
-        select(
-            Interaction.rec_id,
-            Interaction.item_id,
-            Impression.arm,
-            Impression.cold,
-            Exposure.user_id,
-            func.min(Interaction.created_at).label("at"),
-            func.max(_n(Interaction.kind.in_(sorted(CONVERSION_KINDS)))).label("conv"),
-            func.count().label("events"),
+    conn.execute(
+        insert(CLICKED).from_select(
+            [c.name for c in CLICKED.c],
+            select(
+                Interaction.rec_id,
+                Interaction.item_id,
+                Impression.arm,
+                Impression.cold,
+                Exposure.user_id,
+                func.min(Interaction.created_at),
+                func.max(_n(Interaction.kind.in_(sorted(CONVERSION_KINDS)))),
+                func.count(),
+            )
+            .join(Exposure, and_(Exposure.rec_id == Interaction.rec_id, Exposure.user_id == Interaction.user_id))
+            .join(Impression, and_(Impression.rec_id == Interaction.rec_id, Impression.item_id == Interaction.item_id))
+            .where(Exposure.experiment_id == experiment_id)
+            .group_by(Interaction.rec_id, Interaction.item_id, Impression.arm, Impression.cold, Exposure.user_id),
         )
-        .join(Exposure, and_(Exposure.rec_id == Interaction.rec_id, Exposure.user_id == Interaction.user_id))
-        .join(Impression, and_(Impression.rec_id == Interaction.rec_id, Impression.item_id == Interaction.item_id))
-        .where(Exposure.experiment_id == experiment_id)
-        .group_by(Interaction.rec_id, Interaction.item_id, Impression.arm, Impression.cold, Exposure.user_id)
-        .subquery()
     )
+    clicked = CLICKED
     per_user: dict[str, dict[str, np.ndarray]] = {a: {} for a in names}
     exposures = dict.fromkeys(names, 0)
-    for arm, user, n_exposures, n, n_cold in session.execute(
-        select(
-            ExposureCount.arm,
-            ExposureCount.user_id,
-            func.count(),
-            func.sum(ExposureCount.impressions),
-            func.sum(ExposureCount.impressions_cold),
+    for arm, user, n_exposures, n, n_cold in conn.execute(
+        select(ArmUser.arm, ArmUser.user_id, ArmUser.exposures, ArmUser.impressions, ArmUser.impressions_cold).where(
+            ArmUser.experiment_id == experiment_id
         )
-        .where(ExposureCount.experiment_id == experiment_id)
-        .group_by(ExposureCount.arm, ExposureCount.user_id)
     ):
         if arm in per_user:
             row = per_user[arm][user] = np.zeros(len(COUNTS))
             row[[IX["impressions"], IX["impressions_cold"], IX["impressions_warm"]]] = n, n_cold, n - n_cold
             exposures[arm] += n_exposures
-    for arm, user, n, n_cold, n_conv, n_conv_cold in session.execute(
+    joined = 0
+    for arm, user, n, n_cold, n_conv, n_conv_cold, n_events in conn.execute(
         select(
             clicked.c.arm,
             clicked.c.user_id,
@@ -362,8 +420,10 @@ def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: flo
             func.sum(_n(clicked.c.cold)),
             func.sum(clicked.c.conv),
             func.sum(_n(and_(clicked.c.cold, clicked.c.conv == 1))),
+            func.sum(clicked.c.events),
         ).group_by(clicked.c.arm, clicked.c.user_id)
     ):
+        joined += n_events
         if arm in per_user:
             row = per_user[arm].setdefault(user, np.zeros(len(COUNTS)))
             figures = {
@@ -378,7 +438,7 @@ def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: flo
                 row[IX[key]] += value
     shown = {a: {"all": 0, "cold": 0, "warm": 0} for a in names}
     new_items = dict.fromkeys(names, 0)
-    for arm, n, n_cold, n_warm, n_new in session.execute(
+    for arm, n, n_cold, n_warm, n_new in conn.execute(
         select(
             ArmItem.arm,
             func.count(),
@@ -397,27 +457,32 @@ def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: flo
         .group_by(clicked.c.arm, clicked.c.item_id)
         .subquery()
     )
+    other = aliased(ArmItem)  # when a new item's age is unknown, its arrival is when any arm first showed it
     first_seen = (
-        select(ArmItem.item_id, func.min(ArmItem.first_at).label("at"))
-        .where(ArmItem.experiment_id == experiment_id)
-        .group_by(ArmItem.item_id)
-        .subquery()
+        select(func.min(other.first_at))
+        .where(other.experiment_id == experiment_id, other.item_id == ArmItem.item_id)
+        .scalar_subquery()
     )
     hours: dict[str, list[float]] = {a: [] for a in names}
-    for arm, first_at, age, seen, click in session.execute(
-        select(ArmItem.arm, ArmItem.first_at, ArmItem.first_age_s, first_seen.c.at, first_click.c.at)
+    epoch = _epoch(conn)
+    for arm, first_at, age, seen, click in conn.execute(
+        select(
+            ArmItem.arm,
+            epoch(ArmItem.first_at),
+            ArmItem.first_age_s,
+            epoch(case((ArmItem.first_age_s.is_(None), first_seen), else_=ArmItem.first_at)),
+            epoch(first_click.c.at),
+        )
         .join(first_click, and_(first_click.c.arm == ArmItem.arm, first_click.c.item_id == ArmItem.item_id))
-        .join(first_seen, first_seen.c.item_id == ArmItem.item_id)
         .where(ArmItem.experiment_id == experiment_id, ArmItem.first_cold)
     ):
         if arm in hours:
-            shown_at, seen_at, click_at = (as_utc(x).timestamp() for x in (first_at, seen, click))
-            hours[arm].append(new_item_hours(start, shown_at, age, seen_at, click_at))
+            hours[arm].append(new_item_hours(start, first_at, age, seen, click))
     outcomes_all: list[int] = []
     outcomes_cold: list[int] = []
     if spec.kind == "interleaving":
         treatment, control, cold = clicked.c.arm == spec.treatments[0], clicked.c.arm == spec.control, clicked.c.cold
-        for a, b, a_cold, b_cold, n_cold in session.execute(
+        for a, b, a_cold, b_cold, n_cold in conn.execute(
             select(
                 func.sum(_n(treatment)),
                 func.sum(_n(control)),
@@ -429,13 +494,12 @@ def tally(session: Session, spec: ExperimentSpec, experiment_id: str, start: flo
             outcomes_all.append((a > b) - (a < b))
             if n_cold:
                 outcomes_cold.append((a_cold > b_cold) - (a_cold < b_cold))
-    events = session.scalar(
+    events = conn.scalar(
         select(func.count())
         .select_from(Interaction)
         .join(Exposure, Exposure.rec_id == Interaction.rec_id)
         .where(Exposure.experiment_id == experiment_id)
     )
-    joined = session.scalar(select(func.coalesce(func.sum(clicked.c.events), 0)))
     return Tally(
-        per_user, exposures, shown, new_items, hours, outcomes_all, outcomes_cold, int(events or 0), int(joined or 0)
+        per_user, exposures, shown, new_items, hours, outcomes_all, outcomes_cold, int(events or 0), int(joined)
     )

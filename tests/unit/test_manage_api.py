@@ -29,8 +29,8 @@ from indexer.search import get_items, get_user
 from indexer.writer import ItemPoint, set_item_cf, upsert_items, upsert_users
 from services.db import (
     ArmItem,
+    ArmUser,
     Base,
-    ExposureCount,
     Impression,
     Interaction,
     ItemRecord,
@@ -152,8 +152,8 @@ def test_delete_leaves_nothing_of_the_item_in_any_version_the_media_store_or_the
     with Session(rt.engine) as session:
         left = session.execute(select(Impression.position, Impression.item_id).where(Impression.rec_id == "rec-1"))
         assert left.all() == [(1, "w0")]  # the rest stays, at its position
-        counts = session.get(ExposureCount, ("rec-1", "a"))
-        assert counts is not None and (counts.impressions, counts.impressions_cold) == (1, 0)
+        counts = session.get(ArmUser, ("exp-1", "a", "u01"))
+        assert counts is not None and (counts.exposures, counts.impressions, counts.impressions_cold) == (1, 1, 0)
         assert [a.item_id for a in session.scalars(select(ArmItem))] == ["w0"]
         job = session.get(ReembedJob, "rj-1")
         assert job is not None and job.total == 1  # done + failed + pending = total still

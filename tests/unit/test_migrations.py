@@ -81,7 +81,7 @@ def test_a_database_from_before_the_revisions_is_upgraded_and_keeps_its_rows(tmp
 
 def test_logged_exposures_move_into_the_report_tables(tmp_path: Path) -> None:
     """A database whose exposures hold their items as JSON (revision 0003) gets one impressions row per item, each
-    credited arm's counts and the items each arm showed first (the older exposure first), and loses the JSON."""
+    user's counts per arm and the items each arm showed first (the older exposure first), and loses the JSON."""
     url = f"sqlite:///{tmp_path / 'logged.db'}"
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -114,12 +114,12 @@ def test_logged_exposures_move_into_the_report_tables(tmp_path: Path) -> None:
             ("r3", 0, "a", "t", 0),
             ("r3", 1, "c", "c", 1),
         ]
-        counts = "SELECT rec_id, arm, user_id, impressions, impressions_cold FROM exposure_counts ORDER BY 1, 2"
-        assert conn.execute(text(counts)).all() == [
-            ("r1", "t", "u1", 2, 1),
-            ("r2", "t", "u2", 1, 1),
-            ("r3", "c", "u1", 1, 1),
-            ("r3", "t", "u1", 1, 0),
+        counts = "SELECT experiment_id, arm, user_id, exposures, impressions, impressions_cold FROM arm_users"
+        assert conn.execute(text(counts + " ORDER BY 1, 2, 3")).all() == [
+            ("e1", "t", "u1", 1, 2, 1),
+            ("e1", "t", "u2", 1, 1, 1),
+            ("e2", "c", "u1", 1, 1, 1),
+            ("e2", "t", "u1", 1, 1, 0),
         ]
         shown = "SELECT experiment_id, arm, item_id, first_at, first_cold, first_age_s, shown_cold, shown_warm "
         assert conn.execute(text(shown + "FROM arm_items ORDER BY 1, 2, 3")).all() == [

@@ -74,6 +74,8 @@ def check_sql_report(url: str, kind: str) -> None:
         session.commit()
         catalogue = Catalogue(30, 25, 20)
         in_sql = report_of(spec, tally(session, spec, "e1", T0.timestamp()), catalogue)
+    with Session(engine) as session:  # a second report on the same pooled connection
+        assert report_of(spec, tally(session, spec, "e1", T0.timestamp()), catalogue) == in_sql
     in_memory = build_report(
         spec, exposures, [e for e in events if e.rec_id != "r-unknown"], catalogue, start=T0.timestamp()
     )

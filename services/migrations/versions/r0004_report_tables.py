@@ -1,5 +1,5 @@
 """Services: schema revision 0004 — experiment reports aggregate in SQL: an exposure's items become rows of
-`impressions` (from the exposures.items JSON, which goes), with per-arm counts per exposure (`exposure_counts`) and
+`impressions` (from the exposures.items JSON, which goes), with each user's running counts per arm (`arm_users`) and
 the items each arm has shown (`arm_items`) written beside them."""
 
 from __future__ import annotations
@@ -33,22 +33,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("rec_id", "position"),
     )
     op.create_index("ix_impressions_item_id", "impressions", ["item_id"])
-    counts = op.create_table(
-        "exposure_counts",
-        sa.Column("rec_id", sa.String(64), nullable=False),
-        sa.Column("arm", sa.String(64), nullable=False),
+    users = op.create_table(
+        "arm_users",
         sa.Column("experiment_id", sa.String(64), nullable=False),
+        sa.Column("arm", sa.String(64), nullable=False),
         sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("exposures", sa.Integer(), nullable=False),
         sa.Column("impressions", sa.Integer(), nullable=False),
         sa.Column("impressions_cold", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("rec_id", "arm"),
+        sa.PrimaryKeyConstraint("experiment_id", "arm", "user_id"),
     )
-    op.create_index(
-        "ix_exposure_counts_report",
-        "exposure_counts",
-        ["experiment_id", "arm", "user_id", "impressions", "impressions_cold"],
-    )
-    op.create_index("ix_exposure_counts_user_id", "exposure_counts", ["user_id"])
+    op.create_index("ix_arm_users_user_id", "arm_users", ["user_id"])
     arm_items = op.create_table(
         "arm_items",
         sa.Column("experiment_id", sa.String(64), nullable=False),
@@ -62,18 +57,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("experiment_id", "arm", "item_id"),
     )
     op.create_index("ix_arm_items_item_id", "arm_items", ["item_id"])
-    _move_items(impressions, counts, arm_items)
+    _move_items(impressions, users, arm_items)
     with op.batch_alter_table("exposures") as batch:
         batch.drop_column("items")
 
 
-def _move_items(impressions: sa.Table, counts: sa.Table, arm_items: sa.Table) -> None:
+def _move_items(impressions: sa.Table, users: sa.Table, arm_items: sa.Table) -> None:
     """Each exposure's JSON items into the new tables, oldest exposure first (an arm's first showing of an item)."""
     bind = op.get_bind()
     rows = bind.execute(
         sa.text("SELECT rec_id, experiment_id, arm, user_id, items, created_at FROM exposures ORDER BY created_at")
     )
     shown: dict[tuple[str, str, str], dict[str, Any]] = {}
+    counts: dict[tuple[str, str, str], list[int]] = {}
     for rec_id, experiment_id, arm, user_id, items, created_at in rows:
         items = json.loads(items) if isinstance(items, str) else items
         at = datetime.fromisoformat(created_at) if isinstance(created_at, str) else created_at
@@ -104,17 +100,20 @@ def _move_items(impressions: sa.Table, counts: sa.Table, arm_items: sa.Table) ->
             )
             first["cold" if cold else "warm"] = True
         for credited, (n_all, n_cold) in per_arm.items():
-            bind.execute(
-                counts.insert(),
-                {
-                    "rec_id": rec_id,
-                    "arm": credited,
-                    "experiment_id": experiment_id,
-                    "user_id": user_id,
-                    "impressions": n_all,
-                    "impressions_cold": n_cold,
-                },
-            )
+            n = counts.setdefault((experiment_id, credited, user_id), [0, 0, 0])
+            n[0], n[1], n[2] = n[0] + 1, n[1] + n_all, n[2] + n_cold
+    for (experiment_id, credited, user_id), (n_lists, n_all, n_cold) in counts.items():
+        bind.execute(
+            users.insert(),
+            {
+                "experiment_id": experiment_id,
+                "arm": credited,
+                "user_id": user_id,
+                "exposures": n_lists,
+                "impressions": n_all,
+                "impressions_cold": n_cold,
+            },
+        )
     for (experiment_id, credited, item_id), first in shown.items():
         bind.execute(
             arm_items.insert(),
@@ -135,5 +134,5 @@ def downgrade() -> None:
     with op.batch_alter_table("exposures") as batch:
         batch.add_column(sa.Column("items", sa.JSON(), nullable=False, server_default="[]"))
     op.drop_table("arm_items")
-    op.drop_table("exposure_counts")
+    op.drop_table("arm_users")
     op.drop_table("impressions")
