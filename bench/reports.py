@@ -1,5 +1,5 @@
 """Experiment report at scale: an A/B experiment's exposures (served lists of `--k` items) and events in SQLite, and
-the report aggregated in SQL (`services.experiments.tally`, then the report's statistics) next to the baseline of the
+the report aggregated in SQL (`services.reports.tally`, then the report's statistics) next to the baseline of the
 same run: the same report computed in memory from the same records (`thaw.experiments.report.build_report`, what
 the service ran before the SQL aggregation), which must give the identical report.
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from services.db import make_engine  # noqa: E402
-from services.experiments import tally  # noqa: E402
+from services.reports import tally  # noqa: E402
 from thaw.experiments.policies import make_policy  # noqa: E402
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report, report_of  # noqa: E402
 from thaw.experiments.spec import Arm, ExperimentSpec  # noqa: E402

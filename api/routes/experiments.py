@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Response
 
 from api.deps import RuntimeDep, SessionDep, require_model
 from api.schemas import ExperimentCreate, ExperimentPublic
-from services import experiments
+from services import experiments, reports
 from services.db import Experiment, as_utc, utcnow
 from thaw.experiments.policies import make_policy
 from thaw.experiments.report import chart_png
@@ -56,7 +56,7 @@ def stop_experiment(experiment_id: str, rt: RuntimeDep) -> ExperimentPublic:
 
 
 def _report(rt: RuntimeDep, experiment_id: str) -> dict[str, Any]:
-    record, report = experiments.report(rt, experiment_id)
+    record, report = reports.report(rt, experiment_id)
     report["experiment"] = {**_public(record).model_dump(mode="json"), **report["experiment"]}
     return report
 

@@ -1,4 +1,4 @@
-"""Experiment reports aggregated in SQL (services.experiments.tally over the exposures, impressions and events a
+"""Experiment reports aggregated in SQL (services.reports.tally over the exposures, impressions and events a
 service logged) equal the report of the same records in memory (thaw.experiments.report.tally), for A/B and
 interleaving experiments with cold and warm items, unknown ages, conversions, repeated and unjoinable events."""
 
@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from services.db import Interaction, ItemRecord, make_engine
-from services.experiments import log_exposure, tally
+from services.experiments import log_exposure
+from services.reports import tally
 from services.serving import Served
 from thaw.experiments.policies import make_policy
 from thaw.experiments.report import Catalogue, EventLog, ExposureLog, Shown, build_report, report_of
