@@ -122,7 +122,6 @@ def write(path: Path, d: dict[str, Any]) -> None:
         "INSERT INTO interactions (user_id, item_id, weight, kind, rec_id, created_at) VALUES (?, ?, 1.0, ?, ?, ?)",
         ((f"u{ev_user[e]}", f"i{items[ev[e], pos[e]]}", kind[e], f"r{ev[e]}", t) for e, t in enumerate(stamp(ev_at))),
     )
-    con.execute("ANALYZE")
     con.commit()
     con.close()
 
