@@ -67,9 +67,11 @@ def _n(flag: Any) -> Any:
     return case((flag, 1), else_=0)
 
 
-# Events drive the joins, each finding its exposure by rec_id: without statistics SQLite would rather walk every
-# exposure of the experiment through its experiment_id index and look for events of each.
-BY_REC_ID = "INDEXED BY sqlite_autoindex_exposures_1"
+def _of(experiment_id: str) -> Any:
+    """Exposures of the experiment, as a test on exposures found by an event's rec_id: the events drive the join.
+    (On the bare column, SQLite without statistics walks every exposure of the experiment by its index instead.)"""
+    return func.coalesce(Exposure.experiment_id, "") == experiment_id
+
 
 CLICKED = Table(  # a report's clicked impressions, computed once per report in a temporary table of its connection
     "report_clicked",
@@ -117,8 +119,7 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
             )
             .join(Exposure, and_(Exposure.rec_id == Interaction.rec_id, Exposure.user_id == Interaction.user_id))
             .join(Impression, and_(Impression.rec_id == Interaction.rec_id, Impression.item_id == Interaction.item_id))
-            .where(Exposure.experiment_id == experiment_id)
-            .with_hint(Exposure, BY_REC_ID, "sqlite")
+            .where(Interaction.rec_id.is_not(None), _of(experiment_id))
             .group_by(Interaction.rec_id, Interaction.item_id, Impression.arm, Impression.cold, Exposure.user_id),
         )
     )
@@ -221,8 +222,7 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
         select(func.count())
         .select_from(Interaction)
         .join(Exposure, Exposure.rec_id == Interaction.rec_id)
-        .where(Exposure.experiment_id == experiment_id)
-        .with_hint(Exposure, BY_REC_ID, "sqlite")
+        .where(Interaction.rec_id.is_not(None), _of(experiment_id))
     )
     return Tally(
         per_user, exposures, shown, new_items, hours, outcomes_all, outcomes_cold, int(events or 0), int(joined)
