@@ -140,7 +140,7 @@ def _ingest_dataset(data: Path, batch_size: int) -> None:
     from tqdm import tqdm
 
     from entrypoints.runtime import build_runtime
-    from services.onboard import Outcome, batches, ingest_batch
+    from services.onboard import Outcome, ingest
     from thaw.datasets import load_items
     from thaw.settings import Settings
 
@@ -149,10 +149,9 @@ def _ingest_dataset(data: Path, batch_size: int) -> None:
     done = Outcome()
     try:
         with tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar:
-            for batch in batches(items.values(), batch_size):
-                out = ingest_batch(rt, batch)
+            for size, out in ingest(rt, items.values(), batch_size):
                 done.add(out)
-                bar.update(len(batch))
+                bar.update(size)
                 bar.set_postfix(embedded=len(done.embedded), skipped=len(done.skipped), failed=len(done.failed))
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to finish (embedded items are skipped)")
