@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -148,8 +148,12 @@ def _ingest_dataset(data: Path, batch_size: int) -> None:
     rt = build_runtime(Settings())
     done = Outcome()
     try:
-        with tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar:
-            for size, out in ingest(rt, items.values(), batch_size):
+        # closing: an interrupt between two batches still waits for the writer thread before the runtime closes
+        with (
+            tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar,
+            closing(ingest(rt, items.values(), batch_size)) as landed,
+        ):
+            for size, out in landed:
                 done.add(out)
                 bar.update(size)
                 bar.set_postfix(embedded=len(done.embedded), skipped=len(done.skipped), failed=len(done.failed))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -195,7 +195,7 @@ def stage_batch(rt: Runtime, items: Sequence[Item]) -> Pending:
     return pending
 
 
-def ingest(rt: Runtime, items: Iterable[Item], batch_size: int) -> Iterator[tuple[int, Outcome]]:
+def ingest(rt: Runtime, items: Iterable[Item], batch_size: int) -> Generator[tuple[int, Outcome], None, None]:
     """Onboard dataset items in batches (`batches`), yielding each batch's size and outcome as it lands. The
     encoder runs in the calling thread; one writer thread does the rest of each batch beside it (the content-hash
     lookup, the records' transaction, the upsert), so while batch n is encoded, batch n-1 is written and batch n+1
