@@ -9,7 +9,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -140,7 +140,7 @@ def _ingest_dataset(data: Path, batch_size: int) -> None:
     from tqdm import tqdm
 
     from entrypoints.runtime import build_runtime
-    from services.onboard import Outcome, batches, ingest_batch
+    from services.onboard import Outcome, ingest
     from thaw.datasets import load_items
     from thaw.settings import Settings
 
@@ -148,11 +148,14 @@ def _ingest_dataset(data: Path, batch_size: int) -> None:
     rt = build_runtime(Settings())
     done = Outcome()
     try:
-        with tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar:
-            for batch in batches(items.values(), batch_size):
-                out = ingest_batch(rt, batch)
+        # closing: an interrupt between two batches still waits for the writer thread before the runtime closes
+        with (
+            tqdm(total=len(items), desc="ingest", unit="item", disable=None) as bar,
+            closing(ingest(rt, items.values(), batch_size)) as landed,
+        ):
+            for size, out in landed:
                 done.add(out)
-                bar.update(len(batch))
+                bar.update(size)
                 bar.set_postfix(embedded=len(done.embedded), skipped=len(done.skipped), failed=len(done.failed))
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to finish (embedded items are skipped)")
