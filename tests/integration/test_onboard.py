@@ -18,8 +18,8 @@ from tests.integration.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
-def _ingest(env: dict[str, str], catalog: Path) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "entrypoints.cli", "ingest", "--data", str(catalog), "--batch-size", "8"]
+def _ingest(env: dict[str, str], catalog: Path, *options: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "entrypoints.cli", "ingest", "--data", str(catalog), "--batch-size", "8", *options]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -64,8 +64,8 @@ def test_ingest_killed_mid_run_then_rerun_embeds_every_item_once(
     assert embedded + skipped == len(items)
     assert skipped >= len(warm) + 8  # the warm items and at least the first batch embedded before the crash
 
-    again = _ingest(env, catalog).communicate(timeout=600)[0]
-    assert f"0 embedded, {len(items)} unchanged" in again, again
+    again = _ingest(env, catalog, "--build-index").communicate(timeout=600)[0]
+    assert f"0 embedded, {len(items)} unchanged" in again and "search graphs built" in again, again
 
     rt = build_runtime(Settings(data_dir=data_dir))
     try:
