@@ -4,6 +4,7 @@ THAW_WORKER_METRICS_PORT when set."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import signals
@@ -15,6 +16,7 @@ from services import embedding
 from thaw.settings import Settings
 from workers import tasks
 
+log = logging.getLogger(__name__)
 _settings = Settings()
 configure_logging(_settings.log_level, _settings.log_json)
 
@@ -32,6 +34,18 @@ def _serve_metrics(**_: Any) -> None:
         registry = CollectorRegistry()
         registry.register(embedding.ENCODE_SECONDS)
         start_http_server(_settings.worker_metrics_port, registry=registry)
+
+
+@signals.worker_ready.connect
+def _warm_up(**_: Any) -> None:
+    """The worker loads the served model and its backbones before it takes a message, so that its first batch does
+    not wait for them (several seconds); without a served model yet, the first batch loads it."""
+    try:
+        version = embedding.warm_up(tasks.runtime())
+    except Exception as exc:  # no model served yet, the index's owner not up: nothing to warm
+        log.warning("encoders not warmed up at start (%s: %s): the first batch loads them", type(exc).__name__, exc)
+    else:
+        log.info("encoders of model %s warmed up", version)
 
 
 app = build_celery(_settings)

@@ -123,6 +123,26 @@ def encode(model: ThawModel, inputs: list[ItemInput]) -> list[EncodedItem]:
     return encoded
 
 
+def warm_up(rt: Runtime) -> str:
+    """Load the served model and run it once on a made-up item with each modality it learned from, so that a worker's
+    first batch does not wait for the backbones to load. Returns the version."""
+    from PIL import Image
+
+    from encoders.audio import SAMPLE_RATE
+    from encoders.features import ItemInput
+
+    model = rt.model()
+    has = set(model.config.modalities)
+    item = ItemInput(
+        "warm-up",
+        text="warm-up" if "text" in has else None,
+        image=Image.new("RGB", (64, 64)) if "image" in has else None,
+        audio=np.zeros(SAMPLE_RATE, np.float32) if "audio" in has else None,
+    )
+    model.encode([item])
+    return model.version
+
+
 def item_point(model: ThawModel, item_id: str, encoded: EncodedItem, extra: dict[str, Any]) -> ItemPoint:
     vectors: dict[str, np.ndarray] = {CONTENT: encoded.content, **encoded.embeddings}
     payload = {
@@ -226,8 +246,9 @@ def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
         jobs = sorted(found, key=lambda j: (j.job_id != leader, as_utc(j.created_at)))
         for j in jobs:
             log_job(j, "started")  # before the commit, which expires what the line reads
+        ids = [j.job_id for j in jobs]  # read before the commit too: after it, each would be loaded again
         session.commit()
-        return [j.job_id for j in jobs]
+        return ids
 
 
 def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
