@@ -31,6 +31,7 @@ from indexer.search import count, get_items, payload_filter
 from services.db import ArmItem, ArmUser, Experiment, Exposure, Impression, Interaction, as_utc
 from services.experiments import get, spec_of
 from services.runtime import Runtime
+from thaw.experiments.interleaving import preference
 from thaw.experiments.report import CONVERSION_KINDS, COUNTS, IX, Catalogue, Tally, new_item_hours, report_of
 from thaw.experiments.spec import ExperimentSpec
 
@@ -123,7 +124,7 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
             .group_by(Interaction.rec_id, Interaction.item_id, Impression.arm, Impression.cold, Exposure.user_id),
         )
     )
-    clicked = CLICKED
+    clicked = CLICKED.c
     per_user: dict[str, dict[str, np.ndarray]] = {a: {} for a in names}
     exposures = dict.fromkeys(names, 0)
     for arm, user, n_exposures, n, n_cold in conn.execute(
@@ -138,14 +139,14 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
     joined = 0
     for arm, user, n, n_cold, n_conv, n_conv_cold, n_events in conn.execute(
         select(
-            clicked.c.arm,
-            clicked.c.user_id,
+            clicked.arm,
+            clicked.user_id,
             func.count(),
-            func.sum(_n(clicked.c.cold)),
-            func.sum(clicked.c.conv),
-            func.sum(_n(and_(clicked.c.cold, clicked.c.conv == 1))),
-            func.sum(clicked.c.events),
-        ).group_by(clicked.c.arm, clicked.c.user_id)
+            func.sum(_n(clicked.cold)),
+            func.sum(clicked.conv),
+            func.sum(_n(and_(clicked.cold, clicked.conv == 1))),
+            func.sum(clicked.events),
+        ).group_by(clicked.arm, clicked.user_id)
     ):
         joined += n_events
         if arm in per_user:
@@ -177,8 +178,8 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
             shown[arm] = {"all": n, "cold": n_cold, "warm": n_warm}
             new_items[arm] = n_new
     first_click = (
-        select(clicked.c.arm, clicked.c.item_id, func.min(clicked.c.at).label("at"))
-        .group_by(clicked.c.arm, clicked.c.item_id)
+        select(clicked.arm, clicked.item_id, func.min(clicked.at).label("at"))
+        .group_by(clicked.arm, clicked.item_id)
         .subquery()
     )
     other = aliased(ArmItem)  # when a new item's age is unknown, its arrival is when any arm first showed it
@@ -205,7 +206,7 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
     outcomes_all: list[int] = []
     outcomes_cold: list[int] = []
     if spec.kind == "interleaving":
-        treatment, control, cold = clicked.c.arm == spec.treatments[0], clicked.c.arm == spec.control, clicked.c.cold
+        treatment, control, cold = clicked.arm == spec.treatments[0], clicked.arm == spec.control, clicked.cold
         for a, b, a_cold, b_cold, n_cold in conn.execute(
             select(
                 func.sum(_n(treatment)),
@@ -213,11 +214,11 @@ def _tally(conn: Connection, spec: ExperimentSpec, experiment_id: str, start: fl
                 func.sum(_n(and_(treatment, cold))),
                 func.sum(_n(and_(control, cold))),
                 func.sum(_n(cold)),
-            ).group_by(clicked.c.rec_id)
+            ).group_by(clicked.rec_id)
         ):
-            outcomes_all.append((a > b) - (a < b))
+            outcomes_all.append(preference(a, b))
             if n_cold:
-                outcomes_cold.append((a_cold > b_cold) - (a_cold < b_cold))
+                outcomes_cold.append(preference(a_cold, b_cold))
     events = conn.scalar(
         select(func.count())
         .select_from(Interaction)

@@ -52,7 +52,12 @@ def outcome(owner: Sequence[str], clicked: Sequence[bool], team_a: str, team_b: 
         raise ValueError(f"{len(owner)} team labels but {len(clicked)} click flags")
     ca = sum(1 for t, c in zip(owner, clicked, strict=True) if c and t == team_a)
     cb = sum(1 for t, c in zip(owner, clicked, strict=True) if c and t == team_b)
-    return (ca > cb) - (ca < cb)
+    return preference(ca, cb)
+
+
+def preference(clicks_a: int, clicks_b: int) -> int:
+    """An impression's outcome from each team's clicks in it: +1 for A, -1 for B, 0 for a tie."""
+    return (clicks_a > clicks_b) - (clicks_a < clicks_b)
 
 
 def summarise(outcomes: Sequence[int], level: float = 0.95) -> dict[str, Any]:
