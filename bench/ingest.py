@@ -4,7 +4,9 @@ throughput of as many processes on the same items in the same run (the pipeline'
 of the API; and upload->servable latency p50/p95 on the idle service.
 
 Pipeline: the items are uploaded while the workers consume nothing (`cancel_consumer`), then the workers drain the
-backlog; its time is the jobs' own record, from the first job started to the last one finished. It covers what a
+backlog; its time is the jobs' own record, from the first job started to the last one finished. A run holds at least
+`--items` items, and as many as the raw encoder gets through in `--pipeline-seconds` (a backlog of a few batches
+measures the first message's delivery and the last batch's idle worker, not the steady rate). It covers what a
 worker does per item: the broker message, the batch claim, reading and decoding the originals from the media store,
 encoding, the upsert over the owning API's socket and the jobs' commit. Raw: `ThawModel.encode` alone on the same
 items (decoded beforehand) in batches of THAW_EMBED_BATCH_SIZE, in as many processes as workers, each with one torch
@@ -114,6 +116,11 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200, help="items uploaded per modality and worker count")
     parser.add_argument("--latency-uploads", type=int, default=12, help="sequential uploads for upload->servable")
     parser.add_argument("--raw-seconds", type=float, default=4.0, help="least time each raw encoder run takes")
+    parser.add_argument(
+        "--pipeline-seconds", type=float, default=8.0, help="a run's items: what the raw encoder does in this time"
+    )
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="modalities to run")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="worker process counts to run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--raw", nargs=4, metavar=("CATALOG", "MODEL_DIR", "MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -165,7 +172,6 @@ def run(args: argparse.Namespace) -> None:
     }
     api = ApiServer(env)
     control = build_celery(settings).control
-    ids = full_items(ds, args.items)
 
     def drained(prefix: str) -> tuple[int, float]:
         """Wait until the jobs of the items named `prefix`* finished; (failed jobs, first start to last finish)."""
@@ -178,22 +184,25 @@ def run(args: argparse.Namespace) -> None:
             first, last = session.execute(select(func.min(Job.started_at), func.max(Job.finished_at)).where(mine)).one()
         return int(failed), (last - first).total_seconds()
 
-    modalities: dict[str, dict[str, Any]] = {mode: {"workers": {}} for mode in MODES}
+    modalities: dict[str, dict[str, Any]] = {mode: {"workers": {}} for mode in args.modes}
     try:
         with httpx.Client(base_url=api.url, timeout=120) as client:
-            for n_workers in (1, 2):
+            for n_workers in args.workers:
                 workers = [Worker(env, f"ingest{k}") for k in range(n_workers)]
                 while len(control.ping(timeout=1.0) or []) < n_workers:
                     pass
                 # warm-up: every worker loads the backbones on its first items
-                warm = [upload(client, restrict(ds.items[i], MODES["all"], f"w{n_workers}-{i}")) for i in ids[:8]]
+                ids = full_items(ds, 8)
+                warm = [upload(client, restrict(ds.items[i], MODES["all"], f"w{n_workers}-{i}")) for i in ids]
                 for job_id in warm:
                     wait_job(client, job_id, timeout=600, poll_s=0.2)
-                for mode, keep in MODES.items():
+                for mode in args.modes:
+                    keep = MODES[mode]
                     load_before = os.getloadavg()[0]
                     prefix = f"b{n_workers}-{mode}-"
-                    items = [restrict(ds.items[i], keep, f"{prefix}{k}") for k, i in enumerate(ids)]
                     raw_before = raw_encoder(catalog, model_dir, mode, args.items, n_workers)
+                    ids = full_items(ds, max(args.items, round(raw_before * args.pipeline_seconds)))
+                    items = [restrict(ds.items[i], keep, f"{prefix}{k}") for k, i in enumerate(ids)]
                     control.cancel_consumer("celery", reply=True)
                     t = time.perf_counter()
                     with ThreadPoolExecutor(4) as pool:  # uploads in flight at once
@@ -212,6 +221,7 @@ def run(args: argparse.Namespace) -> None:
                         latencies.append(time.perf_counter() - t)
                         assert job["status"] == "succeeded", job
                     modalities[mode]["workers"][str(n_workers)] = row = {
+                        "items": len(items),
                         "raw_items_per_s": round(raw, 2),
                         "pipeline_items_per_s": round(pipeline, 2),
                         "ratio": round(pipeline / raw, 3),
@@ -229,7 +239,8 @@ def run(args: argparse.Namespace) -> None:
         rt.close()
     out = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "items_per_run": args.items,
+        "least_items_per_run": args.items,
+        "pipeline_seconds": args.pipeline_seconds,
         "batch_size": BATCH,
         "torch_threads_per_process": 1,
         "media": "text (title, description), 64x64 image, 3 s audio per item",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    Row,
     String,
     Text,
     create_engine,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -53,6 +56,7 @@ class ItemRecord(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
     kind: Mapped[str] = mapped_column(String(16), default="embed")
     item_id: Mapped[str | None] = mapped_column(String(128), index=True)
@@ -68,7 +72,7 @@ class Job(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     dispatches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The embedding job whose task claimed this one into its batch (itself for the batch's leader); None until then.
-    batch_id: Mapped[str | None] = mapped_column(String(32))
+    batch_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class ReembedJob(Base):
@@ -221,9 +225,10 @@ def covered(session: Session) -> bool:
     return int(recent or 0) >= WAKEUPS
 
 
-def log_job(job: Job, event: str, *, level: int = logging.INFO) -> None:
-    """One lifecycle line of a job, with its id, kind, item, attempt, and (once it ended) the seconds since it started
-    (or was queued) and the reason; the fields are also record attributes, so a JSON log line carries them."""
+def log_job(job: Job | Row[*tuple[Any, ...]], event: str, *, level: int = logging.INFO) -> None:
+    """One lifecycle line of a job (or of its JOB_ROW, as an UPDATE ... RETURNING gives it), with its id, kind, item,
+    attempt, and (once it ended) the seconds since it started (or was queued) and the reason; the fields are also
+    record attributes, so a JSON log line carries them."""
     fields: dict[str, Any] = {"job_id": job.job_id, "kind": job.kind, "item_id": job.item_id, "event": event}
     text = f"job {job.job_id} {event}: {job.kind}" + (f" of {job.item_id}" if job.item_id else "")
     if job.attempts:  # embedding jobs count their tries; a re-embedding job's items are tried in chunks
@@ -247,9 +252,28 @@ def mark_started(job: Job) -> None:
 
 
 def finish_job(job: Job, status: str, error: str | None = None) -> None:
-    """Mark a job finished now (the caller commits) and log it: every job ends through here."""
+    """Mark a job finished now (the caller commits) and log it: every job ends through here or finish_jobs."""
     job.status, job.error, job.finished_at = status, error, utcnow()
     log_job(job, status, level=logging.WARNING if status == "failed" else logging.INFO)
+
+
+# What log_job reads of a job, for statements that return the rows they change (UPDATE ... RETURNING).
+JOB_ROW = (Job.job_id, Job.kind, Job.item_id, Job.attempts, Job.created_at, Job.started_at, Job.finished_at, Job.error)
+
+
+def finish_jobs(
+    session: Session, job_ids: Sequence[str], status: str, error: str | None = None, **values: Any
+) -> list[str]:
+    """finish_job for many jobs in one statement (the unfinished ones of `job_ids`; `values` sets more columns);
+    returns the ids it finished."""
+    done = update(Job).where(Job.job_id.in_(job_ids), Job.status.in_(UNFINISHED))
+    rows = session.execute(done.values(status=status, error=error, finished_at=utcnow(), **values).returning(*JOB_ROW))
+    level = logging.WARNING if status == "failed" else logging.INFO
+    finished = []
+    for row in rows:
+        log_job(row, status, level=level)
+        finished.append(row.job_id)
+    return finished
 
 
 SQLITE_MMAP_BYTES = 1 << 30

@@ -9,11 +9,11 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from prometheus_client import Histogram
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
@@ -26,7 +26,7 @@ from indexer.collections import (
     ensure_collections,
 )
 from indexer.writer import ItemPoint, delete_items, upsert_items, upsert_users
-from services.db import ItemRecord, Job, as_utc, finish_job, log_job, running_reembeds, utcnow
+from services.db import JOB_ROW, ItemRecord, Job, as_utc, finish_job, finish_jobs, log_job, running_reembeds, utcnow
 from services.dispatch import is_transient
 from services.runtime import Runtime
 from thaw.datasets import Dataset
@@ -213,42 +213,36 @@ def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
     first; none when nothing is left to do. A job another batch holds is that batch's: it finishes it, or its leader's
     message comes back and claims it again, or the job sweep sends it again."""
     now = utcnow()
-    claim = update(Job).values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1)
+    claim = update(Job).values(status=JobStatus.RUNNING, started_at=now, attempts=Job.attempts + 1).returning(*JOB_ROW)
     with rt.session() as session:
-        leader, taken = None, 0
+        taken: list[Any] = []  # the rows (JOB_ROW, as updated) of the jobs this transaction claims
         if job_id is not None:
             free = or_(Job.status == JobStatus.QUEUED, Job.batch_id.is_(None), Job.batch_id == job_id)
-            own = session.execute(
-                claim.values(batch_id=job_id).where(Job.job_id == job_id, Job.status.in_(UNFINISHED), free)
-            )
-            if cast("CursorResult[Any]", own).rowcount == 1:
-                leader = job_id
+            own = claim.values(batch_id=job_id).where(Job.job_id == job_id, Job.status.in_(UNFINISHED), free)
+            taken += session.execute(own).all()
+            if taken:
                 held = select(Job.job_id).where(
                     Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.job_id != job_id
                 )
-                held_ids = list(session.scalars(held.order_by(Job.created_at).limit(size - 1)))
-                if held_ids:
-                    session.execute(claim.values(batch_id=job_id).where(Job.job_id.in_(held_ids)))
-                taken = 1 + len(held_ids)
-        due = or_(Job.dispatched_at.is_(None), Job.dispatched_at <= now)
-        queued = select(Job.job_id).where(Job.kind == "embed", Job.status == JobStatus.QUEUED, due)
-        queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - taken))) if size > taken else []
-        if leader is None and not queued_ids:
+                held_ids = held.order_by(Job.created_at).limit(size - 1).scalar_subquery()
+                taken += session.execute(claim.values(batch_id=job_id).where(Job.job_id.in_(held_ids))).all()
+        leader = taken[0].job_id if taken else None
+        if size > len(taken):
+            due = or_(Job.dispatched_at.is_(None), Job.dispatched_at <= now)
+            queued = select(Job.job_id).where(Job.kind == "embed", Job.status == JobStatus.QUEUED, due)
+            queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - len(taken))))
+            leader = leader or (queued_ids[0] if queued_ids else None)
+            if queued_ids:  # the status is tested again: another transaction (PostgreSQL) may have taken some first
+                mark = claim.values(batch_id=leader).where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED)
+                taken += session.execute(mark).all()
+        if not taken:
             session.rollback()
             return []
-        leader = leader or queued_ids[0]
-        if queued_ids:
-            mark = claim.values(batch_id=leader)
-            session.execute(mark.where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED))
-        # what this transaction holds: another one (PostgreSQL) may have taken some of the queued ids first
-        mine = select(Job).where(Job.batch_id == leader, Job.status == JobStatus.RUNNING, Job.started_at == now)
-        found = session.scalars(mine.execution_options(populate_existing=True))
-        jobs = sorted(found, key=lambda j: (j.job_id != leader, as_utc(j.created_at)))
-        for j in jobs:
-            log_job(j, "started")  # before the commit, which expires what the line reads
-        ids = [j.job_id for j in jobs]  # read before the commit too: after it, each would be loaded again
+        taken.sort(key=lambda r: (r.job_id != leader, as_utc(r.created_at)))
+        for row in taken:
+            log_job(row, "started")
         session.commit()
-        return ids
+        return [row.job_id for row in taken]
 
 
 def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
@@ -262,7 +256,7 @@ def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
     outcome: dict[str, tuple[JobStatus, str | None]] = {}
     try:
         with rt.session() as session:
-            jobs = list(session.scalars(select(Job).where(Job.job_id.in_(job_ids))))
+            jobs = session.execute(select(Job.job_id, Job.item_id, Job.revision).where(Job.job_id.in_(job_ids))).all()
             wanted = {j.item_id for j in jobs if j.item_id is not None}
             records = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(wanted)))}
             inputs: dict[str, ItemInput | Exception] = {}
@@ -281,16 +275,17 @@ def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
         for version in versions:
             failed.update(write_version(rt, version, [i for i in good if i.item_id not in failed], payloads))
         drop_deleted(rt, [inp.item_id for inp in good])  # deleted while embedded: their jobs went with them
-        with rt.session() as session:
-            jobs = list(session.scalars(select(Job).where(Job.job_id.in_(job_ids), Job.status.in_(UNFINISHED))))
-            for job in jobs:
-                status, reason = outcome.get(job.job_id, (JobStatus.SUCCEEDED, None))
-                if job.job_id not in outcome and str(job.item_id) in failed:
-                    status, reason = JobStatus.FAILED, _reason(failed[str(job.item_id)])
-                if status == JobStatus.SUCCEEDED and job.job_id not in outcome:
-                    job.model_version = versions[0]
-                finish_job(job, status, reason)
-            statuses = {job.job_id: job.status for job in jobs}  # read before the commit expires them
+        for job in jobs:
+            if job.job_id not in outcome and str(job.item_id) in failed:
+                outcome[job.job_id] = JobStatus.FAILED, _reason(failed[str(job.item_id)])
+        statuses: dict[str, str] = {}
+        with rt.session() as session:  # the jobs still unfinished (not deleted with their item meanwhile) finish
+            embedded = [job.job_id for job in jobs if job.job_id not in outcome]
+            if embedded:
+                done = finish_jobs(session, embedded, JobStatus.SUCCEEDED, model_version=versions[0])
+                statuses.update(dict.fromkeys(done, JobStatus.SUCCEEDED))
+            for job_id, (status, reason) in outcome.items():
+                statuses.update(dict.fromkeys(finish_jobs(session, [job_id], status, reason), status))
             session.commit()
             return statuses
     except Exception as exc:

@@ -60,8 +60,10 @@ class MediaStore:
         return StoredMedia(modality, path, hashlib.sha256(data).hexdigest(), sniff_kind(data) or "unknown")
 
     def get(self, item_id: str, modality: str) -> bytes | None:
-        path = self._path(item_id, modality)
-        return path.read_bytes() if path.is_file() else None
+        try:
+            return self._path(item_id, modality).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
 
     def info(self, item_id: str, modality: str) -> StoredMedia | None:
         path = self._path(item_id, modality)

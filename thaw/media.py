@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import wave
 
 import librosa
 import numpy as np
@@ -77,36 +78,67 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000) -> Image.Image:
         raise MediaError(f"{kind} image is corrupt or truncated: {exc}") from exc
 
 
-def decode_audio(data: bytes, *, sample_rate: int = 16000, max_seconds: float = 600.0) -> np.ndarray:
-    """Mono float32 samples at `sample_rate` from WAV/FLAC/OGG/MP3 of any rate, channel count and length."""
-    if sample_rate <= 0 or max_seconds <= 0:
-        raise ValueError(f"sample_rate and max_seconds must be positive, got {sample_rate} and {max_seconds}")
-    kind = _kind_or_fail(data, "audio", AUDIO_KINDS)
+def _frame_limit(kind: str, rate: int, frames: int, max_seconds: float) -> int:
+    """From a stream's header: refuse a clip longer than `max_seconds` before reading samples; the most frames to
+    read (headers can lie: never more than the limit)."""
+    if rate <= 0:
+        raise MediaError(f"expected a positive sample rate in the {kind} header, got {rate}")
+    if frames / rate > max_seconds:
+        raise MediaError(f"expected at most {max_seconds:g} s of audio, got {frames / rate:.1f} s")
+    return int(max_seconds * rate) + 1
+
+
+def _read_pcm16_wav(data: bytes, max_seconds: float) -> tuple[np.ndarray, int] | None:
+    """A 16-bit PCM WAV's samples (float32, frames x channels; x / 32768, as libsndfile gives them) and rate, read by
+    the standard library's parser: about 8x faster than libsndfile through a Python file object. None for any other
+    WAV (float, extensible, damaged...), which libsndfile reads."""
     try:
-        with sf.SoundFile(io.BytesIO(data)) as stream:  # the header first: refuse long clips before reading samples
-            rate, channels = stream.samplerate, stream.channels
-            if rate <= 0:
-                raise MediaError(f"expected a positive sample rate in the {kind} header, got {rate}")
-            if stream.frames / rate > max_seconds:
-                raise MediaError(f"expected at most {max_seconds:g} s of audio, got {stream.frames / rate:.1f} s")
-            limit = int(max_seconds * rate) + 1  # headers can lie: never read more than the limit
+        with wave.open(io.BytesIO(data)) as reader:
+            rate, channels = reader.getframerate(), reader.getnchannels()
+            if reader.getsampwidth() != 2 or channels < 1:
+                return None
+            limit = _frame_limit("wav", rate, reader.getnframes(), max_seconds)
+            pcm = np.frombuffer(reader.readframes(limit), "<i2")
+    except MediaError:
+        raise
+    except Exception:  # the parser raises several types for damaged streams; libsndfile says what is wrong
+        return None
+    pcm = pcm[: len(pcm) - len(pcm) % channels].reshape(-1, channels)
+    return pcm.astype(np.float32) * np.float32(1 / 32768), rate  # integers: always finite
+
+
+def _read_libsndfile(data: bytes, kind: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Any format libsndfile reads: float32 samples (frames x channels) and rate."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as stream:
+            rate = stream.samplerate
+            limit = _frame_limit(kind, rate, stream.frames, max_seconds)
             if stream.subtype == "PCM_16":  # libsndfile's float of a 16-bit sample is x / 32768: 3x faster in numpy
                 pcm = np.frombuffer(stream.buffer_read(limit, dtype="int16"), np.int16)
-                wave = pcm.reshape(-1, channels).astype(np.float32) * np.float32(1 / 32768)
-            else:
-                wave = stream.read(limit, dtype="float32", always_2d=True)
+                return pcm.reshape(-1, stream.channels).astype(np.float32) * np.float32(1 / 32768), rate
+            samples = stream.read(limit, dtype="float32", always_2d=True)
     except MediaError:
         raise
     except Exception as exc:  # libsndfile raises several types for damaged streams
         reason = getattr(exc, "error_string", None) or exc  # libsndfile's own words, without the BytesIO repr
         raise MediaError(f"{kind} audio is corrupt or truncated: {reason}") from exc
-    if wave.shape[0] == 0:
-        raise MediaError(f"expected audio samples, got a {kind} stream with none")
-    if wave.shape[0] > max_seconds * rate:
-        raise MediaError(f"expected at most {max_seconds:g} s of audio, got more than its header declared")
-    mono = wave[:, 0] if channels == 1 else wave.mean(axis=1)
-    if not np.isfinite(mono).all():
+    if not np.isfinite(samples).all():
         raise MediaError(f"expected finite samples, got NaN or infinity in the {kind} stream")
+    return samples, rate
+
+
+def decode_audio(data: bytes, *, sample_rate: int = 16000, max_seconds: float = 600.0) -> np.ndarray:
+    """Mono float32 samples at `sample_rate` from WAV/FLAC/OGG/MP3 of any rate, channel count and length."""
+    if sample_rate <= 0 or max_seconds <= 0:
+        raise ValueError(f"sample_rate and max_seconds must be positive, got {sample_rate} and {max_seconds}")
+    kind = _kind_or_fail(data, "audio", AUDIO_KINDS)
+    read = _read_pcm16_wav(data, max_seconds) if kind == "wav" else None
+    samples, rate = read if read is not None else _read_libsndfile(data, kind, max_seconds)
+    if samples.shape[0] == 0:
+        raise MediaError(f"expected audio samples, got a {kind} stream with none")
+    if samples.shape[0] > max_seconds * rate:
+        raise MediaError(f"expected at most {max_seconds:g} s of audio, got more than its header declared")
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
     if rate != sample_rate:
         try:
             mono = librosa.resample(mono, orig_sr=rate, target_sr=sample_rate)

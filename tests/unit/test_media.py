@@ -88,6 +88,16 @@ def test_stereo_is_averaged_to_mono(tmp_path: Path) -> None:
     np.testing.assert_allclose(wave, left / 2, atol=1e-6)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_16_bit_wav_gives_libsndfiles_samples(tmp_path: Path, channels: int) -> None:
+    """16-bit PCM WAV is read by the standard library's parser; the samples are libsndfile's, to the bit."""
+    pcm = np.random.default_rng(channels).integers(-32768, 32768, size=(8000, channels)).astype(np.int16)
+    sf.write(tmp_path / "p.wav", pcm, 8000, subtype="PCM_16")
+    expected = sf.read(tmp_path / "p.wav", dtype="float32", always_2d=True)[0].mean(axis=1)
+    wave = decode_audio((tmp_path / "p.wav").read_bytes(), sample_rate=8000)
+    np.testing.assert_array_equal(wave, expected.astype(np.float32))
+
+
 def test_resampling_to_another_rate(tmp_path: Path) -> None:
     wave = decode_audio(write_tone(tmp_path / "t.flac", 44100, 1, 1.0), sample_rate=22050)
     assert len(wave) == 22050 and abs(dominant_hz(wave, 22050) - 440) <= 10
