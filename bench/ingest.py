@@ -58,14 +58,14 @@ def full_items(ds: Dataset, n: int) -> list[str]:
     return [full[k % len(full)] for k in range(n)]
 
 
-def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: float) -> None:
+def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: float, threads: int) -> None:
     """One raw encoder process: decode, warm up, say `ready`, wait for `go` on stdin, encode in batches until
     `min_seconds` passed, print items/s."""
     import torch
 
     from encoders.artifacts import ThawModel
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     keep = MODES[mode]
     ds = load_dataset(catalog)
     inputs = [
@@ -90,10 +90,14 @@ def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: 
     print(json.dumps({"items_per_s": done / (time.perf_counter() - t)}), flush=True)
 
 
-def raw_encoder(catalog: Path, model_dir: Path, mode: str, n: int, processes: int) -> float:
-    """Items/s of `processes` raw encoder processes started at once (the sum of theirs)."""
-    cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def raw_encoder(
+    catalog: Path, model_dir: Path, mode: str, n: int, processes: int, *, seconds: float, threads: int = 1
+) -> float:
+    """Items/s of `processes` raw encoder processes (`threads` torch threads each) started at once, each encoding
+    for at least `seconds` (the sum of theirs)."""
+    cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n), str(threads)]
+    cmd += ["--raw-seconds", str(seconds)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         for _ in range(processes)
@@ -122,11 +126,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="modalities to run")
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="worker process counts to run")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--raw", nargs=4, metavar=("CATALOG", "MODEL_DIR", "MODE", "N"), help=argparse.SUPPRESS)
+    raw_args = ("CATALOG", "MODEL_DIR", "MODE", "N", "THREADS")
+    parser.add_argument("--raw", nargs=5, metavar=raw_args, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
-        catalog, model_dir, mode, n = args.raw
-        raw_process(Path(catalog), Path(model_dir), mode, int(n), args.raw_seconds)
+        catalog, model_dir, mode, n, threads = args.raw
+        raw_process(Path(catalog), Path(model_dir), mode, int(n), args.raw_seconds, int(threads))
         return
     if args.json is None:
         parser.error("--json is required")
@@ -159,6 +164,8 @@ def run(args: argparse.Namespace) -> None:
     save_version(model, rt.registry)
     index_dataset(rt, model, ds, split.warm)
     import_interactions(rt, ds.interactions.for_items(split.warm))
+    rt.close()  # gives up the embedded index: the API owns it, as in a deployment
+    rt = build_runtime(settings)  # the database only, from here on
     model_dir = rt.registry.path(model.version)
     env = {
         **os.environ,
@@ -200,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
                     keep = MODES[mode]
                     load_before = os.getloadavg()[0]
                     prefix = f"b{n_workers}-{mode}-"
-                    raw_before = raw_encoder(catalog, model_dir, mode, args.items, n_workers)
+                    raw_before = raw_encoder(catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds)
                     ids = full_items(ds, max(args.items, round(raw_before * args.pipeline_seconds)))
                     items = [restrict(ds.items[i], keep, f"{prefix}{k}") for k, i in enumerate(ids)]
                     control.cancel_consumer("celery", reply=True)
@@ -213,7 +220,8 @@ def run(args: argparse.Namespace) -> None:
                     if failed:
                         raise RuntimeError(f"{failed} of the {mode} jobs failed")
                     pipeline = len(items) / seconds
-                    raw = (raw_before + raw_encoder(catalog, model_dir, mode, args.items, n_workers)) / 2
+                    raw_after = raw_encoder(catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds)
+                    raw = (raw_before + raw_after) / 2
                     latencies = []
                     for k in range(args.latency_uploads):
                         t = time.perf_counter()
