@@ -8,6 +8,8 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -245,49 +247,22 @@ def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
         return [row.job_id for row in taken]
 
 
-def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
-    """Embed the claimed jobs' items together: each modality's encoder runs once on the batch for every version being
-    written (the served one, and the target of any running re-embedding job), each version gets one upsert, and the
-    jobs finish in one transaction. An item that cannot be decoded or encoded fails its own job with the reason; a
-    job whose item was re-uploaded since (a newer revision) succeeds without writing stale vectors. Idempotent: a
-    repeat overwrites the same points. A transient error gives the jobs back to the queue and propagates (the task
-    retries); any other error fails them all with the reason. Returns each job's status (none for a job deleted with
-    its item meanwhile)."""
-    outcome: dict[str, tuple[JobStatus, str | None]] = {}
+@dataclass
+class EncodedBatch:
+    """A claimed batch, encoded: the points to write per version, and how each job ends unless writing fails."""
+
+    job_ids: list[str]
+    jobs: Sequence[Any]  # (job_id, item_id, revision) rows
+    points: dict[str, list[ItemPoint]] = field(default_factory=dict)  # version -> points
+    outcome: dict[str, tuple[JobStatus, str | None]] = field(default_factory=dict)  # jobs that end otherwise
+    failed: dict[str, Exception] = field(default_factory=dict)  # item -> why it could not be embedded
+
+
+def _guarded(rt: Runtime, job_ids: list[str], step: Callable[[], R]) -> R | dict[str, str]:
+    """`step` for a claimed batch: a transient error gives the jobs back to the queue and propagates (the task
+    retries); any other error fails them all with the reason (their statuses are returned instead)."""
     try:
-        with rt.session() as session:
-            jobs = session.execute(select(Job.job_id, Job.item_id, Job.revision).where(Job.job_id.in_(job_ids))).all()
-            wanted = {j.item_id for j in jobs if j.item_id is not None}
-            records = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(wanted)))}
-            inputs: dict[str, ItemInput | Exception] = {}
-            for job in jobs:
-                record = records.get(str(job.item_id))
-                if record is None:
-                    outcome[job.job_id] = JobStatus.FAILED, f"item {job.item_id!r} does not exist"
-                elif record.revision > job.revision:
-                    outcome[job.job_id] = JobStatus.SUCCEEDED, "superseded by a newer upload of the same item"
-                elif record.item_id not in inputs:
-                    inputs[record.item_id] = each(lambda rs: [item_input(rt, r) for r in rs], [record])[0]
-            good = [inp for inp in inputs.values() if not isinstance(inp, Exception)]
-            payloads = {inp.item_id: record_payload(records[inp.item_id]) for inp in good}
-            versions = write_versions(rt, session) if good else []
-        failed: dict[str, Exception] = {i: e for i, e in inputs.items() if isinstance(e, Exception)}
-        for version in versions:
-            failed.update(write_version(rt, version, [i for i in good if i.item_id not in failed], payloads))
-        drop_deleted(rt, [inp.item_id for inp in good])  # deleted while embedded: their jobs went with them
-        for job in jobs:
-            if job.job_id not in outcome and str(job.item_id) in failed:
-                outcome[job.job_id] = JobStatus.FAILED, _reason(failed[str(job.item_id)])
-        statuses: dict[str, str] = {}
-        with rt.session() as session:  # the jobs still unfinished (not deleted with their item meanwhile) finish
-            embedded = [job.job_id for job in jobs if job.job_id not in outcome]
-            if embedded:
-                done = finish_jobs(session, embedded, JobStatus.SUCCEEDED, model_version=versions[0])
-                statuses.update(dict.fromkeys(done, JobStatus.SUCCEEDED))
-            for job_id, (status, reason) in outcome.items():
-                statuses.update(dict.fromkeys(finish_jobs(session, [job_id], status, reason), status))
-            session.commit()
-            return statuses
+        return step()
     except Exception as exc:
         if is_transient(exc):
             release(rt, job_ids)
@@ -296,23 +271,85 @@ def embed_batch(rt: Runtime, job_ids: list[str]) -> dict[str, str]:
         return {job_id: fail_job(rt, job_id, _reason(exc)) for job_id in job_ids}
 
 
-def write_version(
-    rt: Runtime, version: str, inputs: list[ItemInput], payloads: dict[str, dict[str, Any]]
-) -> dict[str, Exception]:
-    """Encode the items with `version`'s model in one pass and write their points in one upsert; returns the items
-    that failed (alone) with their error."""
-    model, collection = rt.model(version), collection_name(ITEMS, version)
-    encoded = each(lambda batch: encode(model, batch), inputs)
-    failed: dict[str, Exception] = {}
+def encode_batch(rt: Runtime, job_ids: list[str]) -> EncodedBatch | dict[str, str]:
+    """Read and encode the claimed jobs' items together: each modality's encoder runs once on the batch for every
+    version being written (the served one, and the target of any running re-embedding job). An item that cannot be
+    decoded or encoded fails its own job with the reason; a job whose item was re-uploaded since (a newer revision)
+    succeeds without writing stale vectors. Errors as `_guarded`."""
+
+    def step() -> EncodedBatch:
+        with rt.session() as session:
+            jobs = session.execute(select(Job.job_id, Job.item_id, Job.revision).where(Job.job_id.in_(job_ids))).all()
+            batch = EncodedBatch(job_ids, jobs)
+            wanted = {j.item_id for j in jobs if j.item_id is not None}
+            records = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(wanted)))}
+            inputs: dict[str, ItemInput | Exception] = {}
+            for job in jobs:
+                record = records.get(str(job.item_id))
+                if record is None:
+                    batch.outcome[job.job_id] = JobStatus.FAILED, f"item {job.item_id!r} does not exist"
+                elif record.revision > job.revision:
+                    batch.outcome[job.job_id] = JobStatus.SUCCEEDED, "superseded by a newer upload of the same item"
+                elif record.item_id not in inputs:
+                    inputs[record.item_id] = each(lambda rs: [item_input(rt, r) for r in rs], [record])[0]
+            good = [inp for inp in inputs.values() if not isinstance(inp, Exception)]
+            payloads = {inp.item_id: record_payload(records[inp.item_id]) for inp in good}
+            versions = write_versions(rt, session) if good else []
+        batch.failed = {i: e for i, e in inputs.items() if isinstance(e, Exception)}
+        for version in versions:
+            todo = [i for i in good if i.item_id not in batch.failed]
+            batch.points[version] = encode_version(rt.model(version), todo, payloads, batch.failed)
+        return batch
+
+    return _guarded(rt, job_ids, step)
+
+
+def encode_version(
+    model: ThawModel, inputs: list[ItemInput], payloads: dict[str, dict[str, Any]], failed: dict[str, Exception]
+) -> list[ItemPoint]:
+    """The items' points for `model`'s version, encoded in one pass; an item that fails alone goes into `failed`."""
     points = []
-    for inp, enc in zip(inputs, encoded, strict=True):
+    for inp, enc in zip(inputs, each(lambda batch: encode(model, batch), inputs), strict=True):
         if isinstance(enc, Exception):
             failed[inp.item_id] = enc
         else:
             points.append(item_point(model, inp.item_id, enc, payloads[inp.item_id]))
+    return points
+
+
+def write_points(rt: Runtime, collection: str, points: list[ItemPoint], failed: dict[str, Exception]) -> None:
+    """One upsert of the points; an item whose write fails alone goes into `failed`."""
     written = each(lambda batch: [upsert_items(rt.index, collection, batch)] * len(batch), points)
     failed.update({p.item_id: w for p, w in zip(points, written, strict=True) if isinstance(w, Exception)})
-    return failed
+
+
+def write_batch(rt: Runtime, batch: EncodedBatch) -> dict[str, str]:
+    """Write an encoded batch: one upsert per version (an item whose write fails alone fails its job), then the jobs
+    finish in one transaction. Idempotent: a repeat overwrites the same points. Errors as `_guarded`. Returns each
+    job's status (none for a job deleted with its item meanwhile)."""
+
+    def step() -> dict[str, str]:
+        for version, points in batch.points.items():
+            write_points(rt, collection_name(ITEMS, version), points, batch.failed)
+        embedded = {p.item_id for points in batch.points.values() for p in points}
+        drop_deleted(rt, sorted(embedded))  # deleted while embedded: their jobs went with them
+        outcome = dict(batch.outcome)
+        for job in batch.jobs:
+            if job.job_id not in outcome and str(job.item_id) in batch.failed:
+                outcome[job.job_id] = JobStatus.FAILED, _reason(batch.failed[str(job.item_id)])
+        statuses: dict[str, str] = {}
+        with rt.session() as session:  # the jobs still unfinished (not deleted with their item meanwhile) finish
+            embedded_jobs = [job.job_id for job in batch.jobs if job.job_id not in outcome]
+            if embedded_jobs:
+                served = next(iter(batch.points))
+                done = finish_jobs(session, embedded_jobs, JobStatus.SUCCEEDED, model_version=served)
+                statuses.update(dict.fromkeys(done, JobStatus.SUCCEEDED))
+            for job_id, (status, reason) in outcome.items():
+                statuses.update(dict.fromkeys(finish_jobs(session, [job_id], status, reason), status))
+            session.commit()
+        return statuses
+
+    return _guarded(rt, batch.job_ids, step)
 
 
 def release(rt: Runtime, job_ids: Sequence[str]) -> None:
@@ -325,13 +362,26 @@ def release(rt: Runtime, job_ids: Sequence[str]) -> None:
 
 def embed_item(rt: Runtime, item_id: str, job_id: str, *, batch_size: int = 1) -> str:
     """The task of one uploaded item's job: embed it in a batch with up to `batch_size` - 1 other embedding jobs
-    that are queued, at once, without waiting for more (claim_batch, embed_batch); then batch after batch of the
-    queued jobs until none is left (uploads that no message of their own was sent for, jobs services.db.covered).
-    Returns the job's status."""
+    that are queued, at once, without waiting for more (claim_batch, encode_batch, write_batch); then batch after
+    batch of the queued jobs until none is left (uploads that no message of their own was sent for, jobs
+    services.db.covered). A batch is written in a thread while the next one is claimed and encoded, so the index
+    owner's work and the database's overlap the encoder; one batch is written at a time, in order. Returns the job's
+    status."""
     lead: str | None = job_id
-    while claimed := claim_batch(rt, lead, batch_size):
-        embed_batch(rt, claimed)
-        lead = None
+    with ThreadPoolExecutor(1, thread_name_prefix="thaw-write") as writer:
+        writing: Future[dict[str, str]] | None = None
+        while claimed := claim_batch(rt, lead, batch_size):
+            lead = None
+            encoded = encode_batch(rt, claimed)
+            if writing is not None:
+                try:
+                    writing.result()
+                except BaseException:
+                    release(rt, claimed)  # not written: the batch just encoded goes back to the queue too
+                    raise
+            writing = writer.submit(write_batch, rt, encoded) if isinstance(encoded, EncodedBatch) else None
+        if writing is not None:
+            writing.result()
     with rt.session() as session:
         job = session.get(Job, job_id)
         return job.status if job is not None else "deleted"
