@@ -82,19 +82,29 @@ def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: 
     model.encode(inputs[:BATCH])  # warm-up
     print("ready", flush=True)
     sys.stdin.readline()
-    done, k, t = 0, 0, time.perf_counter()
+    done, k, t, cpu = 0, 0, time.perf_counter(), time.process_time()
     batches = [inputs[start : start + BATCH] for start in range(0, len(inputs), BATCH)]
     while time.perf_counter() - t < min_seconds:  # the batches in turn, the last one when the time is up
         model.encode(batches[k % len(batches)])
         done, k = done + len(batches[k % len(batches)]), k + 1
-    print(json.dumps({"items_per_s": done / (time.perf_counter() - t)}), flush=True)
+    cpu_ms = 1000 * (time.process_time() - cpu) / done
+    print(json.dumps({"items_per_s": done / (time.perf_counter() - t), "cpu_ms_per_item": cpu_ms}), flush=True)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def raw_encoder(
     catalog: Path, model_dir: Path, mode: str, n: int, processes: int, *, seconds: float, threads: int = 1
-) -> float:
+) -> tuple[float, float]:
     """Items/s of `processes` raw encoder processes (`threads` torch threads each) started at once, each encoding
-    for at least `seconds` (the sum of theirs)."""
+    for at least `seconds` (the sum of theirs), and their mean CPU ms per item."""
     cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n), str(threads)]
     cmd += ["--raw-seconds", str(seconds)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -108,11 +118,11 @@ def raw_encoder(
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
-    rates = []
+    results = []
     for p in procs:
         out, _ = p.communicate(timeout=600)
-        rates.append(json.loads(out.strip().splitlines()[-1])["items_per_s"])
-    return float(sum(rates))
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return float(sum(r["items_per_s"] for r in results)), float(np.mean([r["cpu_ms_per_item"] for r in results]))
 
 
 def main() -> None:
@@ -207,7 +217,9 @@ def run(args: argparse.Namespace) -> None:
                     keep = MODES[mode]
                     load_before = os.getloadavg()[0]
                     prefix = f"b{n_workers}-{mode}-"
-                    raw_before = raw_encoder(catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds)
+                    raw_before, raw_cpu_before = raw_encoder(
+                        catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds
+                    )
                     ids = full_items(ds, max(args.items, round(raw_before * args.pipeline_seconds)))
                     items = [restrict(ds.items[i], keep, f"{prefix}{k}") for k, i in enumerate(ids)]
                     control.cancel_consumer("celery", reply=True)
@@ -215,12 +227,17 @@ def run(args: argparse.Namespace) -> None:
                     with ThreadPoolExecutor(4) as pool:  # uploads in flight at once
                         list(pool.map(lambda it: upload(client, it), items))
                     upload_rate = len(items) / (time.perf_counter() - t)
+                    pids = {"workers": [w.proc.pid for w in workers], "api": [api.proc.pid]}
+                    cpu = {name: cpu_seconds(p) for name, p in pids.items()}
                     control.add_consumer("celery", reply=True)
                     failed, seconds = drained(prefix)
+                    cpu = {name: 1000 * (cpu_seconds(pids[name]) - was) / len(items) for name, was in cpu.items()}
                     if failed:
                         raise RuntimeError(f"{failed} of the {mode} jobs failed")
                     pipeline = len(items) / seconds
-                    raw_after = raw_encoder(catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds)
+                    raw_after, raw_cpu_after = raw_encoder(
+                        catalog, model_dir, mode, args.items, n_workers, seconds=args.raw_seconds
+                    )
                     raw = (raw_before + raw_after) / 2
                     latencies = []
                     for k in range(args.latency_uploads):
@@ -233,6 +250,10 @@ def run(args: argparse.Namespace) -> None:
                         "raw_items_per_s": round(raw, 2),
                         "pipeline_items_per_s": round(pipeline, 2),
                         "ratio": round(pipeline / raw, 3),
+                        "cpu_ms_per_item": {
+                            "raw": round((raw_cpu_before + raw_cpu_after) / 2, 3),
+                            **{name: round(ms, 3) for name, ms in cpu.items()},
+                        },
                         "upload_items_per_s": round(upload_rate, 2),
                         "servable_p50_s": round(float(np.percentile(latencies, 50)), 4),
                         "servable_p95_s": round(float(np.percentile(latencies, 95)), 4),

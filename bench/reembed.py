@@ -111,7 +111,7 @@ def main() -> None:
             for (n_workers, threads), version in zip(configs, ("v2", "v3", "v4", "v5"), strict=True):
                 load_before = os.getloadavg()[0]
                 # baseline, with no worker running
-                raw = raw_encoder(
+                raw, _ = raw_encoder(
                     catalog, rt.registry.path(version), "all", args.items, n_workers, seconds=5.0, threads=threads
                 )
                 workers = [

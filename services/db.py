@@ -229,6 +229,8 @@ def log_job(job: Job | Row[*tuple[Any, ...]], event: str, *, level: int = loggin
     """One lifecycle line of a job (or of its JOB_ROW, as an UPDATE ... RETURNING gives it), with its id, kind, item,
     attempt, and (once it ended) the seconds since it started (or was queued) and the reason; the fields are also
     record attributes, so a JSON log line carries them."""
+    if not JOB_LOG.isEnabledFor(level):
+        return
     fields: dict[str, Any] = {"job_id": job.job_id, "kind": job.kind, "item_id": job.item_id, "event": event}
     text = f"job {job.job_id} {event}: {job.kind}" + (f" of {job.item_id}" if job.item_id else "")
     if job.attempts:  # embedding jobs count their tries; a re-embedding job's items are tried in chunks
