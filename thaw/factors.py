@@ -146,37 +146,39 @@ def solve_rows(
     *,
     prior: np.ndarray | None = None,
     prior_weight: float = 0.0,
-    block_nnz: int = 8192,
+    block_rows: int = 4096,
+    block_cols: int = 8192,
 ) -> np.ndarray:
     """`fold_in` of every row of `by_row` (rows x other side, CSR of confidences) at once, with `gram` = Y^T Y of all
     of `other`: each row solves (Y^T Y + sum_j (c_j - 1) y_j y_j^T + reg I) x = sum_j c_j y_j, plus
-    prior_weight |x - prior|^2 where the row's `prior` is not NaN. The per-row systems are built in blocks of about
-    `block_nnz` nonzeros (a block's outer products y_j y_j^T are held at once) and solved batched."""
+    prior_weight |x - prior|^2 where the row's `prior` is not NaN. The systems of `block_rows` rows are built at once
+    (the sparse (c - 1) times the other side's outer products y_j y_j^T, `block_cols` of them held at a time) and
+    solved batched."""
     y = np.asarray(other, np.float64)
-    d = y.shape[1]
+    n_rows, d = by_row.shape[0], y.shape[1]
     gram = y.T @ y
-    n_rows = by_row.shape[0]
     has = np.zeros(n_rows, bool) if prior is None else ~np.isnan(prior).any(axis=1)
     weight = np.where(has, prior_weight, 0.0)
     target = np.zeros((n_rows, d)) if prior is None else np.where(has[:, None], prior, 0.0)
+    excess = by_row.astype(np.float64)
+    excess.data -= 1.0  # c_j - 1: the unobserved entries' confidence 1 is in the gram
+    blocks = [slice(first, min(first + block_cols, len(y))) for first in range(0, len(y), block_cols)]
+
+    def outer(cols: slice) -> np.ndarray:
+        return (y[cols, :, None] * y[cols, None, :]).reshape(-1, d * d)
+
+    whole = outer(blocks[0]) if len(blocks) == 1 else None  # one block: built once for every row block
     out = np.empty((n_rows, d))
-    start = 0
-    while start < n_rows:
-        stop = int(np.searchsorted(by_row.indptr, by_row.indptr[start] + block_nnz, side="right")) - 1
-        stop = min(max(stop, start + 1), n_rows)
-        lo, hi = by_row.indptr[start], by_row.indptr[stop]
-        cols, conf = by_row.indices[lo:hi], by_row.data[lo:hi].astype(np.float64)
-        owner = np.repeat(np.arange(stop - start), np.diff(by_row.indptr[start : stop + 1]))
-        ys = y[cols]
-        outer = (ys[:, :, None] * ys[:, None, :]).reshape(len(cols), d * d)
-        rows = sp.csr_matrix((conf - 1.0, (owner, np.arange(len(cols)))), shape=(stop - start, len(cols)))
-        a = (rows @ outer).reshape(-1, d, d) + gram
-        a += (reg + weight[start:stop])[:, None, None] * np.eye(d)
-        b = np.zeros((stop - start, d))
-        np.add.at(b, owner, conf[:, None] * ys)
-        b += weight[start:stop, None] * target[start:stop]
-        out[start:stop] = np.linalg.solve(a, b[..., None])[..., 0]
-        start = stop
+    for start in range(0, n_rows, block_rows):
+        rows = slice(start, min(start + block_rows, n_rows))
+        a = np.broadcast_to(gram + reg * np.eye(d), (rows.stop - start, d, d)).copy()
+        a += weight[rows, None, None] * np.eye(d)
+        excess_rows = excess[rows]
+        for cols in blocks:
+            part = excess_rows if whole is not None else excess_rows[:, cols]
+            a += (part @ (whole if whole is not None else outer(cols))).reshape(-1, d, d)
+        b = by_row[rows] @ y + weight[rows, None] * target[rows]
+        out[rows] = np.linalg.solve(a, b[..., None])[..., 0]
     return out
 
 

@@ -130,8 +130,8 @@ def test_fold_in_with_a_prior_solves_the_pulled_least_squares_problem() -> None:
     np.testing.assert_allclose(fold_in(y, c, reg, prior=prior, prior_weight=1e9), prior, atol=1e-6)
 
 
-@pytest.mark.parametrize("block_nnz", [1, 7, 8192])
-def test_solve_rows_is_fold_in_of_every_row(block_nnz: int) -> None:
+@pytest.mark.parametrize(("block_rows", "block_cols"), [(1, 1), (4, 5), (4096, 8192)])
+def test_solve_rows_is_fold_in_of_every_row(block_rows: int, block_cols: int) -> None:
     """The batched solve equals `fold_in` row by row (with the gram of all other rows, the prior where it is not
     NaN), whatever the block size, rows without events included."""
     rng = np.random.default_rng(4)
@@ -141,7 +141,7 @@ def test_solve_rows_is_fold_in_of_every_row(block_nnz: int) -> None:
     other = rng.normal(size=(14, 4))
     prior = rng.normal(size=(9, 4))
     prior[[1, 5]] = np.nan
-    got = solve_rows(by_row, other, 0.2, prior=prior, prior_weight=3.0, block_nnz=block_nnz)
+    got = solve_rows(by_row, other, 0.2, prior=prior, prior_weight=3.0, block_rows=block_rows, block_cols=block_cols)
     gram = other.T @ other
     for r in range(9):
         cols = np.flatnonzero(dense[r])
