@@ -134,6 +134,19 @@ def test_tag_factors_read_warm_items_only(tiny: Path, tmp_path: Path) -> None:
     np.testing.assert_array_equal(refit.counts, model.tag_factors.counts)
 
 
+@pytest.mark.parametrize("patience", [1, 2])
+def test_a_trained_stage_stops_after_patience_scorings_without_a_gain(tiny: Path, patience: int) -> None:
+    """Scored every epoch, the residual heads stop `patience` scorings after the best one (or at the last epoch),
+    and keep the best."""
+    ds = load_dataset(tiny)
+    config = TrainConfig(factors=8, epochs=12, eval_every=1, patience=patience, hidden=16)
+    model = train(ds, split_items(ds, seed=0), config, progress=False)
+    history = [h["cold_val_ndcg@20"] for h in model.metrics["history"]["fused"]]
+    best = model.metrics["choices"]["epochs"]["residuals"]
+    assert len(history) - 1 == min(12, best + patience)
+    assert history[best] == max(history) and all(h < history[best] for h in history[:best])
+
+
 def test_thaw_train_learns_from_every_interaction(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`thaw train` chooses on an internal validation split, refits on all the history and indexes every item with
     interactions as warm (learned CF factors, its interaction count), so none is served as cold."""
