@@ -42,9 +42,10 @@ class EncodedItem:
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]  # feats, mels, mel owner, masks
 
 
-def features(items: list[ItemInput], timings: dict[str, float] | None = None) -> Batch:
+def features(items: list[ItemInput], timings: dict[str, float] | None = None, *, text: bool = True) -> Batch:
     """Frozen-backbone features, audio log-mels and the modality mask of a batch; `timings` (when given) gets the
-    seconds each modality took (modalities absent from the batch are left out)."""
+    seconds each modality took (modalities absent from the batch are left out). `text=False` leaves the text
+    features zero (the caller embeds the texts itself); the mask still says which items have text."""
     clock = timings if timings is not None else {}
     n = len(items)
     masks = torch.tensor(
@@ -52,7 +53,7 @@ def features(items: list[ItemInput], timings: dict[str, float] | None = None) ->
         dtype=torch.bool,
     )
     feats = {"text": torch.zeros(n, text_encoder.TEXT_DIM), "image": torch.zeros(n, vision_encoder.IMAGE_DIM)}
-    idx = [i for i in range(n) if masks[i, 0]]
+    idx = [i for i in range(n) if masks[i, 0]] if text else []
     if idx:
         start = time.perf_counter()
         feats["text"][idx] = torch.from_numpy(text_encoder.embed_texts([items[i].text or "" for i in idx]))
@@ -137,16 +138,28 @@ class Table:
 
 
 def content_table(inputs: list[ItemInput], batch_size: int = 64, progress: bool = False) -> Table:
+    """The frozen features of `inputs`. The texts are embedded in one call, which batches them by length (a batch is
+    padded to its longest text, so catalogue-order batches would pad short texts to long ones); images and audio go
+    in chunks of `batch_size`."""
+    with_text = [i for i, it in enumerate(inputs) if it.text]
+    text = torch.zeros(len(inputs), text_encoder.TEXT_DIM)
+    if with_text:
+        text[with_text] = torch.from_numpy(
+            text_encoder.embed_texts([inputs[i].text or "" for i in with_text], progress=progress)
+        )
     parts = []
-    for start in tqdm(range(0, len(inputs), batch_size), desc="content features", disable=not progress):
+    for start in tqdm(range(0, len(inputs), batch_size), desc="image and audio features", disable=not progress):
         chunk = inputs[start : start + batch_size]
-        feats, mel, owner, masks = features(chunk)
+        feats, mel, owner, masks = features(chunk, text=False)
         per_item = [mel[owner == j] for j in range(len(chunk))]
         parts.append((feats, masks, per_item))
     return Table(
         [it.item_id for it in inputs],
-        {k: torch.cat([p[0][k] for p in parts]) for k in ("text", "image")},
-        torch.cat([p[1] for p in parts]),
+        {
+            "text": text,
+            "image": torch.cat([p[0]["image"] for p in parts]) if parts else torch.zeros(0, vision_encoder.IMAGE_DIM),
+        },
+        torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, 3, dtype=torch.bool),
         [m for p in parts for m in p[2]],
         [it.tags for it in inputs],
     )

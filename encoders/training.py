@@ -6,11 +6,12 @@ the choices on an internal validation split, then refits on all the history with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -52,6 +53,7 @@ class TrainConfig:
     modality_dropout: float = 0.3
     hidden: int = 256
     eval_every: int = 5
+    patience: int = 2  # a trained stage stops after this many cold-validation scorings without a gain (0: never)
     cf_shrinkage: float = 10.0
     ridge_init: bool = True
     tag_min_count: int = 2  # a tag must appear on this many warm items to enter the vocabulary
@@ -74,6 +76,45 @@ def loss_fn(
         return ((1 + alpha * prefs) * (prefs - scores) ** 2).mean()
     dist = prefs / prefs.sum(-1, keepdim=True).clamp_min(1e-8)
     return -(dist * torch.log_softmax(scores, dim=-1)).sum(-1).mean()
+
+
+@dataclass
+class Preferences:
+    """The warm rows' 0/1 preferences over the users, sparse (CSR: row r's users are
+    `cols[indptr[r]:indptr[r + 1]]`), with the users' factors and their Gram U^T U for the WPE loss."""
+
+    indptr: np.ndarray
+    cols: np.ndarray
+    factors: torch.Tensor  # (n_users, d)
+    gram: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        u = self.factors.double()
+        self.gram = (u.T @ u).to(self.factors.dtype)
+
+    def pairs(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (batch row, user) pairs with preference 1 among rows `idx`."""
+        starts, stops = self.indptr[idx], self.indptr[np.asarray(idx) + 1]
+        owner = np.repeat(np.arange(len(idx)), stops - starts)
+        parts = [self.cols[a:b] for a, b in zip(starts, stops, strict=True)]
+        users = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return torch.from_numpy(owner), torch.as_tensor(users, dtype=torch.long)
+
+    def dense(self, idx: list[int]) -> torch.Tensor:
+        """(len(idx), n_users) 0/1 preferences of rows `idx`."""
+        out = torch.zeros(len(idx), len(self.factors))
+        out[self.pairs(idx)] = 1.0
+        return out
+
+
+def wpe_loss(pred: torch.Tensor, prefs: Preferences, idx: list[int], alpha: float) -> torch.Tensor:
+    """loss_fn("wpe") of rows `idx` without the (rows x users) score matrix: with 0/1 preferences p and scores
+    s = x.y_u, sum_u (1 + alpha p)(p - s)^2 = x^T (U^T U) x + sum over the row's users with p = 1 of
+    1 - 2s + alpha (1 - s)^2 (implicit ALS's Gram trick), so a row costs d^2 plus its positives, not all users."""
+    owner, users = prefs.pairs(idx)
+    s = (pred[owner] * prefs.factors[users]).sum(1)
+    total = ((pred @ prefs.gram) * pred).sum() + (1.0 - 2.0 * s + alpha * (1.0 - s) ** 2).sum()
+    return total / (len(idx) * len(prefs.factors))
 
 
 def training_events(ds: Dataset, split: Split) -> Interactions:
@@ -113,6 +154,17 @@ class Choices:
     knn_weight: float = 0.0
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """torch's intra-op threads set to one inside the block (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def tune_fusion(net: ThawNet, val_ndcg: Callable[[ThawNet], float], present: list[bool]) -> float:
     """Fusion weights chosen on cold validation from a small grid (never zero, so an item with one modality
     still gets that modality's prediction); returns the best validation NDCG@20."""
@@ -150,8 +202,7 @@ class TrainState:
     tag_factors: TagFactors = field(init=False)
     pull: dict[str, float] = field(init=False)
     targets: torch.Tensor = field(init=False)  # the warm rows' CF factors
-    prefs: torch.Tensor = field(init=False)  # (warm rows, users) 0/1 preferences
-    users: torch.Tensor = field(init=False)
+    prefs: Preferences = field(init=False)  # the warm rows' 0/1 preferences over the users
     net: ThawNet = field(init=False)
     ridge_lambdas: dict[str, float] = field(default_factory=dict)
     histories: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -184,7 +235,9 @@ class TrainState:
 
     def loss_of(self, pred: torch.Tensor, idx: list[int]) -> torch.Tensor:
         c = self.config
-        return loss_fn(c.loss, pred, self.targets[idx], self.users, self.prefs[idx], c.als_alpha)
+        if c.loss == "wpe":
+            return wpe_loss(pred, self.prefs, idx, c.als_alpha)
+        return loss_fn(c.loss, pred, self.targets[idx], self.prefs.factors, self.prefs.dense(idx), c.als_alpha)
 
     def fit(
         self,
@@ -194,8 +247,9 @@ class TrainState:
         score: Callable[[ThawNet], float],
         desc: str,
     ) -> tuple[float, list[dict[str, float]]]:
-        """AdamW on `params` over minibatches of warm rows `pool`; the network keeps its best state by `score`.
-        In a refit it trains for the epochs the tuning run kept, and keeps the last state."""
+        """AdamW on `params` over minibatches of warm rows `pool`, scored every `eval_every` epochs and stopped
+        after `patience` scorings without a gain; the network keeps its best state by `score`. In a refit it trains
+        for the epochs the tuning run kept, and keeps the last state."""
         c, net = self.config, self.net
         opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         if self.fixed is not None:
@@ -220,6 +274,8 @@ class TrainState:
                 history.append({"epoch": epoch, "cold_val_ndcg@20": round(now, 4)})
                 if now > best:
                     best, best_state, best_epoch = now, copy.deepcopy(net.state_dict()), epoch
+                elif c.patience and epoch - best_epoch >= c.patience * c.eval_every:
+                    break  # `patience` scorings in a row without a gain: later epochs are not expected to pay
         net.load_state_dict(best_state)
         self.epochs[desc] = best_epoch
         return best, history
@@ -279,11 +335,13 @@ def start_heads(s: TrainState) -> None:
     content map the CF space was pulled toward); the ridge maps stay fixed from here on."""
     uix = {u: i for i, u in enumerate(s.factors.user_ids)}
     iix = {it: i for i, it in enumerate(s.warm.ids)}
-    s.prefs = torch.zeros(len(s.warm.ids), len(s.factors.user_ids))
+    liked: list[set[int]] = [set() for _ in s.warm.ids]
     for u, i in zip(s.events.user_ids.tolist(), s.events.item_ids.tolist(), strict=True):
         if i in iix:
-            s.prefs[iix[i], uix[u]] = 1.0
-    s.users = torch.from_numpy(s.factors.users)
+            liked[iix[i]].add(uix[u])
+    indptr = np.concatenate([[0], np.cumsum([len(users) for users in liked])])
+    users = np.array([u for row in liked for u in sorted(row)], dtype=np.int64)
+    s.prefs = Preferences(indptr, users, torch.from_numpy(s.factors.users))
     c = s.config
     s.net = ThawNet(dim=c.factors, hidden=c.hidden, tag_dim=len(s.vocab), tag_factor_dim=s.tag_factors.width)
     if c.ridge_init:
@@ -356,8 +414,10 @@ def train_residuals(s: TrainState) -> None:
         with torch.no_grad():
             net.weights.copy_(torch.tensor(s.fixed.fusion_start))
     s.fusion_start = net.weights.detach().tolist()
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    s.best, s.histories["fused"] = s.fit(trainable, list(range(len(warm.ids))), fused_loss, s.val_ndcg, "residuals")
+    heads = [net.heads[m] for m, have in zip(MODALITY_ORDER, present, strict=True) if have]  # absent: never used
+    trainable = [net.weights, *(p for head in heads for p in head.parameters() if p.requires_grad)]
+    with single_threaded():  # minibatches of a small MLP: a second thread costs more than it gives
+        s.best, s.histories["fused"] = s.fit(trainable, list(range(len(warm.ids))), fused_loss, s.val_ndcg, "residuals")
     if s.fixed is None:
         s.fusion = tune_fusion(net, s.val_ndcg, present)
     else:

@@ -112,22 +112,19 @@ def cold_ndcg(
     knn_profiles: Mapping[str, np.ndarray] | None = None,
     knn_weight: float = 0.0,
 ) -> float:
-    """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none)."""
-    if not positives:
-        return 0.0
-    ranks = rank_cold(
+    """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none), computed on
+    the users x items score matrix at once (`cold_ndcg_grid` with one candidate)."""
+    return cold_ndcg_grid(
         user_ids,
         user_factors,
         cold_ids,
         cold_pred,
         positives,
-        alpha=alpha,
+        [(alpha, knn_weight)],
         profiles=profiles,
         knn=knn,
         knn_profiles=knn_profiles,
-        knn_weight=knn_weight,
-    )
-    return evaluate_rankings(ranks, positives, n_items=len(cold_ids), ks=(20,))["ndcg@20"]
+    )[(alpha, knn_weight)]
 
 
 def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray) -> dict[str, np.ndarray]:

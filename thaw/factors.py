@@ -139,6 +139,49 @@ def fold_in_events(
     return (w * vector + (1.0 - w) * np.asarray(prior, np.float32)).astype(np.float32)
 
 
+def solve_rows(
+    by_row: sp.csr_matrix,
+    other: np.ndarray,
+    reg: float,
+    *,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
+    block_rows: int = 4096,
+    block_cols: int = 8192,
+) -> np.ndarray:
+    """`fold_in` of every row of `by_row` (rows x other side, CSR of confidences) at once, with `gram` = Y^T Y of all
+    of `other`: each row solves (Y^T Y + sum_j (c_j - 1) y_j y_j^T + reg I) x = sum_j c_j y_j, plus
+    prior_weight |x - prior|^2 where the row's `prior` is not NaN. The systems of `block_rows` rows are built at once
+    (the sparse (c - 1) times the other side's outer products y_j y_j^T, `block_cols` of them held at a time) and
+    solved batched."""
+    y = np.asarray(other, np.float64)
+    n_rows, d = by_row.shape[0], y.shape[1]
+    gram = y.T @ y
+    has = np.zeros(n_rows, bool) if prior is None else ~np.isnan(prior).any(axis=1)
+    weight = np.where(has, prior_weight, 0.0)
+    target = np.zeros((n_rows, d)) if prior is None else np.where(has[:, None], prior, 0.0)
+    excess = by_row.astype(np.float64)
+    excess.data -= 1.0  # c_j - 1: the unobserved entries' confidence 1 is in the gram
+    blocks = [slice(first, min(first + block_cols, len(y))) for first in range(0, len(y), block_cols)]
+
+    def outer(cols: slice) -> np.ndarray:
+        return (y[cols, :, None] * y[cols, None, :]).reshape(-1, d * d)
+
+    whole = outer(blocks[0]) if len(blocks) == 1 else None  # one block: built once for every row block
+    out = np.empty((n_rows, d))
+    for start in range(0, n_rows, block_rows):
+        rows = slice(start, min(start + block_rows, n_rows))
+        a = np.broadcast_to(gram + reg * np.eye(d), (rows.stop - start, d, d)).copy()
+        a += weight[rows, None, None] * np.eye(d)
+        excess_rows = excess[rows]
+        for cols in blocks:
+            part = excess_rows if whole is not None else excess_rows[:, cols]
+            a += (part @ (whole if whole is not None else outer(cols))).reshape(-1, d, d)
+        b = by_row[rows] @ y + weight[rows, None] * target[rows]
+        out[rows] = np.linalg.solve(a, b[..., None])[..., 0]
+    return out
+
+
 def content_regularised_als(
     interactions: Interactions,
     start: Factors,
@@ -152,27 +195,13 @@ def content_regularised_als(
     """Collaborative topic regression's alternation (Wang & Blei 2011) on implicit feedback, from fitted ALS
     factors: each round `prior(items)` says where content puts every item (a row of NaN: the item has no content),
     item rows are re-solved pulled toward it with `weight` times the mean diagonal of U^T U, then user rows are
-    re-solved. The CF space becomes one that content can predict, at some cost in fitting warm interactions."""
-    by_item = confidence_matrix(interactions, start.user_ids, start.item_ids, alpha).tocsc()
-    by_user = by_item.tocsr()
+    re-solved (each side's rows solved together, `solve_rows`). The CF space becomes one that content can predict,
+    at some cost in fitting warm interactions."""
+    by_user = confidence_matrix(interactions, start.user_ids, start.item_ids, alpha)
+    by_item = by_user.T.tocsr()
     users, items = start.users.astype(np.float64), start.items.astype(np.float64)
     pull = weight * float(np.trace(users.T @ users)) / users.shape[1]
     for _ in range(rounds):
-        target = prior(items)
-        gram = users.T @ users
-        for i in range(len(items)):
-            rows = slice(by_item.indptr[i], by_item.indptr[i + 1])
-            has = not np.isnan(target[i]).any()
-            items[i] = fold_in(
-                users[by_item.indices[rows]],
-                by_item.data[rows],
-                regularization,
-                gram=gram,
-                prior=target[i] if has else None,
-                prior_weight=pull if has else 0.0,
-            )
-        gram = items.T @ items
-        for u in range(len(users)):
-            rows = slice(by_user.indptr[u], by_user.indptr[u + 1])
-            users[u] = fold_in(items[by_user.indices[rows]], by_user.data[rows], regularization, gram=gram)
+        items = solve_rows(by_item, users, regularization, prior=prior(items), prior_weight=pull)
+        users = solve_rows(by_user, items, regularization)
     return Factors(start.user_ids, start.item_ids, users.astype(np.float32), items.astype(np.float32))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from thaw.datasets import Interactions
-from thaw.factors import confidence_matrix, content_regularised_als, fit_als, fold_in, fold_in_events
+from thaw.factors import confidence_matrix, content_regularised_als, fit_als, fold_in, fold_in_events, solve_rows
 
 
 def _events(pairs: list[tuple[str, str]], weights: list[float] | None = None) -> Interactions:
@@ -127,6 +128,34 @@ def test_fold_in_with_a_prior_solves_the_pulled_least_squares_problem() -> None:
     expected = np.linalg.lstsq(a, b, rcond=None)[0]
     np.testing.assert_allclose(fold_in(y, c, reg, prior=prior, prior_weight=w), expected, rtol=1e-5)
     np.testing.assert_allclose(fold_in(y, c, reg, prior=prior, prior_weight=1e9), prior, atol=1e-6)
+
+
+@pytest.mark.parametrize(("block_rows", "block_cols"), [(1, 1), (4, 5), (4096, 8192)])
+def test_solve_rows_is_fold_in_of_every_row(block_rows: int, block_cols: int) -> None:
+    """The batched solve equals `fold_in` row by row (with the gram of all other rows, the prior where it is not
+    NaN), whatever the block size, rows without events included."""
+    rng = np.random.default_rng(4)
+    dense = np.where(rng.random((9, 14)) < 0.3, rng.uniform(1.5, 6.0, (9, 14)), 0.0)
+    dense[3] = 0.0  # a row without events
+    by_row = sp.csr_matrix(dense)
+    other = rng.normal(size=(14, 4))
+    prior = rng.normal(size=(9, 4))
+    prior[[1, 5]] = np.nan
+    got = solve_rows(by_row, other, 0.2, prior=prior, prior_weight=3.0, block_rows=block_rows, block_cols=block_cols)
+    gram = other.T @ other
+    for r in range(9):
+        cols = np.flatnonzero(dense[r])
+        has = not np.isnan(prior[r]).any()
+        want = fold_in(
+            other[cols],
+            dense[r, cols],
+            0.2,
+            gram=gram,
+            prior=prior[r] if has else None,
+            prior_weight=3.0 if has else 0.0,
+        )
+        np.testing.assert_allclose(got[r], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(solve_rows(by_row, other, 0.2)[3], np.zeros(4), atol=1e-12)
 
 
 def test_content_regularised_als_pulls_items_with_content_toward_the_prior_and_leaves_the_rest_to_the_data() -> None:

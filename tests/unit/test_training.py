@@ -16,7 +16,7 @@ from encoders.fusion import Head
 from encoders.linear import ridge_map
 from encoders.tags import TagFactors
 from encoders.text import TEXT_DIM
-from encoders.training import TrainConfig, loss_fn, train, training_events
+from encoders.training import Preferences, TrainConfig, loss_fn, train, training_events, wpe_loss
 from encoders.vision import IMAGE_DIM
 from thaw.datasets import Dataset, Split, load_dataset, split_items
 from thaw.schema import item_tags
@@ -39,6 +39,26 @@ def test_ridge_map_recovers_planted_factors() -> None:
     feats, factors = _planted()
     w, b = ridge_map(feats[:300], factors[:300], lam=1e-3)
     assert _r2(feats[300:] @ w.T + b, factors[300:]) > 0.99
+
+
+def test_wpe_loss_without_the_score_matrix_equals_the_dense_loss() -> None:
+    """The Gram form of the WPE loss gives the dense loss's value and gradient, rows without positives included."""
+    rng = np.random.default_rng(5)
+    dense = (rng.random((12, 40)) < 0.2).astype(np.float32)
+    dense[4] = 0.0
+    indptr = np.concatenate([[0], np.cumsum(dense.sum(1).astype(int))])
+    prefs = Preferences(
+        indptr, np.flatnonzero(dense.ravel()) % 40, torch.from_numpy(rng.normal(size=(40, 6)).astype(np.float32))
+    )
+    idx = [4, 0, 7, 7, 11]
+    np.testing.assert_array_equal(prefs.dense(idx).numpy(), dense[idx])
+    pred = torch.from_numpy(rng.normal(size=(5, 6)).astype(np.float32)).requires_grad_(True)
+    want = loss_fn("wpe", pred, torch.zeros(5, 6), prefs.factors, torch.from_numpy(dense[idx]), 10.0)
+    (want_grad,) = torch.autograd.grad(want, pred)
+    got = wpe_loss(pred, prefs, idx, 10.0)
+    (got_grad,) = torch.autograd.grad(got, pred)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    np.testing.assert_allclose(got_grad.numpy(), want_grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_trained_head_recovers_planted_factors() -> None:
@@ -112,6 +132,19 @@ def test_tag_factors_read_warm_items_only(tiny: Path, tmp_path: Path) -> None:
     assert refit.tokens == model.tag_factors.tokens
     np.testing.assert_allclose(refit.sums, model.tag_factors.sums, atol=1e-5)
     np.testing.assert_array_equal(refit.counts, model.tag_factors.counts)
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_a_trained_stage_stops_after_patience_scorings_without_a_gain(tiny: Path, patience: int) -> None:
+    """Scored every epoch, the residual heads stop `patience` scorings after the best one (or at the last epoch),
+    and keep the best."""
+    ds = load_dataset(tiny)
+    config = TrainConfig(factors=8, epochs=12, eval_every=1, patience=patience, hidden=16)
+    model = train(ds, split_items(ds, seed=0), config, progress=False)
+    history = [h["cold_val_ndcg@20"] for h in model.metrics["history"]["fused"]]
+    best = model.metrics["choices"]["epochs"]["residuals"]
+    assert len(history) - 1 == min(12, best + patience)
+    assert history[best] == max(history) and all(h < history[best] for h in history[:best])
 
 
 def test_thaw_train_learns_from_every_interaction(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
