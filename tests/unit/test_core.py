@@ -156,32 +156,12 @@ def test_cold_ndcg_grid_matches_cold_ndcg_for_every_candidate() -> None:
         users, factors, cold, pred, positives, candidates, profiles=profiles, knn=knn, knn_profiles=knn_profiles
     )
     for a, w in candidates:
-        ranks = rank_cold(
-            users,
-            factors,
-            cold,
-            pred,
-            positives,
-            alpha=a,
-            profiles=profiles,
-            knn=knn,
-            knn_profiles=knn_profiles,
-            knn_weight=w,
-        )  # the per-user ranking that evaluation ranks cold test items with
+        args = (users, factors, cold, pred, positives)
+        options = {"alpha": a, "profiles": profiles, "knn": knn, "knn_profiles": knn_profiles, "knn_weight": w}
+        ranks = rank_cold(*args, **options)  # the per-user ranking that evaluation ranks cold test items with
         one = evaluate_rankings(ranks, positives, n_items=len(cold), ks=(20,))["ndcg@20"]
         assert grid[(a, w)] == pytest.approx(one, abs=1e-9, rel=0)
-        one = cold_ndcg(
-            users,
-            factors,
-            cold,
-            pred,
-            positives,
-            alpha=a,
-            profiles=profiles,
-            knn=knn,
-            knn_profiles=knn_profiles,
-            knn_weight=w,
-        )
+        one = cold_ndcg(*args, **options)
         assert one == grid[(a, w)]
 
 
