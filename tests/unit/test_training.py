@@ -57,7 +57,7 @@ def test_wpe_loss_without_the_score_matrix_equals_the_dense_loss() -> None:
     (want_grad,) = torch.autograd.grad(want, pred)
     got = wpe_loss(pred, prefs, idx, 10.0)
     (got_grad,) = torch.autograd.grad(got, pred)
-    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
     np.testing.assert_allclose(got_grad.numpy(), want_grad.numpy(), rtol=1e-4, atol=1e-6)
 
 
