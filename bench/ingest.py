@@ -228,10 +228,10 @@ def run(args: argparse.Namespace) -> None:
                         list(pool.map(lambda it: upload(client, it), items))
                     upload_rate = len(items) / (time.perf_counter() - t)
                     pids = {"workers": [w.proc.pid for w in workers], "api": [api.proc.pid]}
-                    cpu = {name: cpu_seconds(p) for name, p in pids.items()}
+                    cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
                     control.add_consumer("celery", reply=True)
                     failed, seconds = drained(prefix)
-                    cpu = {name: 1000 * (cpu_seconds(pids[name]) - was) / len(items) for name, was in cpu.items()}
+                    cpu_ms = {name: 1000 * (cpu_seconds(p) - cpu_before[name]) / len(items) for name, p in pids.items()}
                     if failed:
                         raise RuntimeError(f"{failed} of the {mode} jobs failed")
                     pipeline = len(items) / seconds
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> None:
                         "ratio": round(pipeline / raw, 3),
                         "cpu_ms_per_item": {
                             "raw": round((raw_cpu_before + raw_cpu_after) / 2, 3),
-                            **{name: round(ms, 3) for name, ms in cpu.items()},
+                            **{name: round(ms, 3) for name, ms in cpu_ms.items()},
                         },
                         "upload_items_per_s": round(upload_rate, 2),
                         "servable_p50_s": round(float(np.percentile(latencies, 50)), 4),
