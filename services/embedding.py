@@ -28,7 +28,18 @@ from indexer.collections import (
     ensure_collections,
 )
 from indexer.writer import ItemPoint, delete_items, upsert_items, upsert_users
-from services.db import JOB_ROW, ItemRecord, Job, as_utc, finish_job, finish_jobs, log_job, running_reembeds, utcnow
+from services.db import (
+    JOB_ROW,
+    ItemRecord,
+    Job,
+    as_utc,
+    finish_job,
+    finish_jobs,
+    log_job,
+    running_reembeds,
+    unindexed,
+    utcnow,
+)
 from services.dispatch import is_transient
 from services.runtime import Runtime
 from thaw.datasets import Dataset
@@ -224,7 +235,7 @@ def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
             taken += session.execute(own).all()
             if taken:
                 held = select(Job.job_id).where(
-                    Job.batch_id == job_id, Job.status == JobStatus.RUNNING, Job.job_id != job_id
+                    Job.batch_id == job_id, unindexed(Job.status) == JobStatus.RUNNING, Job.job_id != job_id
                 )
                 held_ids = held.order_by(Job.created_at).limit(size - 1).scalar_subquery()
                 taken += session.execute(claim.values(batch_id=job_id).where(Job.job_id.in_(held_ids))).all()
@@ -235,7 +246,9 @@ def claim_batch(rt: Runtime, job_id: str | None, size: int) -> list[str]:
             queued_ids = list(session.scalars(queued.order_by(Job.created_at).limit(size - len(taken))))
             leader = leader or (queued_ids[0] if queued_ids else None)
             if queued_ids:  # the status is tested again: another transaction (PostgreSQL) may have taken some first
-                mark = claim.values(batch_id=leader).where(Job.job_id.in_(queued_ids), Job.status == JobStatus.QUEUED)
+                mark = claim.values(batch_id=leader).where(
+                    Job.job_id.in_(queued_ids), unindexed(Job.status) == JobStatus.QUEUED
+                )
                 taken += session.execute(mark).all()
         if not taken:
             session.rollback()
@@ -355,7 +368,7 @@ def write_batch(rt: Runtime, batch: EncodedBatch) -> dict[str, str]:
 def release(rt: Runtime, job_ids: Sequence[str]) -> None:
     """Unfinished jobs back in the queue (after a transient failure): the next batch, or the job sweep, takes them."""
     with rt.session() as session:
-        back = update(Job).where(Job.job_id.in_(job_ids), Job.status == JobStatus.RUNNING)
+        back = update(Job).where(Job.job_id.in_(job_ids), unindexed(Job.status) == JobStatus.RUNNING)
         session.execute(back.values(status=JobStatus.QUEUED, batch_id=None))
         session.commit()
 

@@ -8,10 +8,11 @@ import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 from entrypoints.runtime import build_runtime
@@ -267,3 +268,31 @@ def test_an_upload_gets_a_message_of_its_own_until_enough_queued_jobs_were_sent(
         session.execute(update(Job).where(Job.job_id == "j0").values(status=JobStatus.RUNNING))
         session.commit()
         assert not db.covered(session)  # a taken message covers nothing; nor does one sent long ago
+
+
+def test_a_batch_finds_its_jobs_by_key_whatever_the_backlog(rt: Runtime) -> None:
+    """The statements of an embedding batch that name their jobs (the claim, the finish, giving jobs back) and the
+    read of the running re-embeddings go by primary key on SQLite, not through the status index, which holds every
+    queued job: a batch must not cost as much as the queue is long. Checked on SQLite's own query plans."""
+    for k in range(40):
+        add_job(rt, f"q{k:02d}", JobStatus.QUEUED, sent_ago=30)
+    plans: list[tuple[str, str]] = []
+
+    @event.listens_for(rt.engine, "after_cursor_execute")
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE")) and " jobs" in statement:
+            rows = cursor.connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+            plans.append((statement, " / ".join(str(row[-1]) for row in rows)))
+
+    claimed = claim_batch(rt, "q00", 32)
+    release(rt, claimed[16:])
+    with rt.session() as session:
+        db.finish_jobs(session, claimed[:16], JobStatus.SUCCEEDED)
+        db.running_reembeds(session)
+        session.commit()
+    event.remove(rt.engine, "after_cursor_execute", explain)
+    assert len(claimed) == 32
+    keyed = [(sql, plan) for sql, plan in plans if "jobs.job_id IN" in sql or "FROM reembed_jobs" in sql]
+    assert len(keyed) >= 4, plans  # the claim's marks, the release, the finish, the re-embeddings' read
+    for sql, plan in keyed:
+        assert "ix_jobs_status" not in plan and "SCAN jobs" not in plan, (sql, plan)
