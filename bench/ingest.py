@@ -40,7 +40,7 @@ from entrypoints.demo import upload  # noqa: E402
 from thaw.datasets import Dataset, Item, load_dataset  # noqa: E402
 
 MODES = {"text": ("text",), "image": ("image",), "audio": ("audio",), "all": ("text", "image", "audio")}
-BATCH = 32  # THAW_EMBED_BATCH_SIZE for the workers, and the raw encoder's batch
+BATCH = 64  # THAW_EMBED_BATCH_SIZE for the workers, and the raw encoder's batch
 
 
 def restrict(item: Item, keep: tuple[str, ...], new_id: str) -> Item:
@@ -58,9 +58,11 @@ def full_items(ds: Dataset, n: int) -> list[str]:
     return [full[k % len(full)] for k in range(n)]
 
 
-def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: float, threads: int) -> None:
-    """One raw encoder process: decode, warm up, say `ready`, wait for `go` on stdin, encode in batches until
-    `min_seconds` passed, print items/s."""
+def raw_process(
+    catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: float, threads: int, batch: int
+) -> None:
+    """One raw encoder process: decode, warm up, say `ready`, wait for `go` on stdin, encode in batches of `batch`
+    until `min_seconds` passed, print items/s."""
     import torch
 
     from encoders.artifacts import ThawModel
@@ -79,11 +81,11 @@ def raw_process(catalog: Path, model_dir: Path, mode: str, n: int, min_seconds: 
         for i in item_inputs(ds, full_items(ds, n))
     ]
     model = ThawModel.load(model_dir)
-    model.encode(inputs[:BATCH])  # warm-up
+    model.encode(inputs[:batch])  # warm-up
     print("ready", flush=True)
     sys.stdin.readline()
     done, k, t, cpu = 0, 0, time.perf_counter(), time.process_time()
-    batches = [inputs[start : start + BATCH] for start in range(0, len(inputs), BATCH)]
+    batches = [inputs[start : start + batch] for start in range(0, len(inputs), batch)]
     while time.perf_counter() - t < min_seconds:  # the batches in turn, the last one when the time is up
         model.encode(batches[k % len(batches)])
         done, k = done + len(batches[k % len(batches)]), k + 1
@@ -101,11 +103,19 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def raw_encoder(
-    catalog: Path, model_dir: Path, mode: str, n: int, processes: int, *, seconds: float, threads: int = 1
+    catalog: Path,
+    model_dir: Path,
+    mode: str,
+    n: int,
+    processes: int,
+    *,
+    seconds: float,
+    threads: int = 1,
+    batch: int = BATCH,
 ) -> tuple[float, float]:
-    """Items/s of `processes` raw encoder processes (`threads` torch threads each) started at once, each encoding
-    for at least `seconds` (the sum of theirs), and their mean CPU ms per item."""
-    cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n), str(threads)]
+    """Items/s of `processes` raw encoder processes (`threads` torch threads each, batches of `batch`) started at
+    once, each encoding for at least `seconds` (the sum of theirs), and their mean CPU ms per item."""
+    cmd = [sys.executable, __file__, "--raw", str(catalog), str(model_dir), mode, str(n), str(threads), str(batch)]
     cmd += ["--raw-seconds", str(seconds)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     procs = [
@@ -136,12 +146,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="modalities to run")
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="worker process counts to run")
     parser.add_argument("--json", type=Path)
-    raw_args = ("CATALOG", "MODEL_DIR", "MODE", "N", "THREADS")
-    parser.add_argument("--raw", nargs=5, metavar=raw_args, help=argparse.SUPPRESS)
+    raw_args = ("CATALOG", "MODEL_DIR", "MODE", "N", "THREADS", "BATCH")
+    parser.add_argument("--raw", nargs=6, metavar=raw_args, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw:
-        catalog, model_dir, mode, n, threads = args.raw
-        raw_process(Path(catalog), Path(model_dir), mode, int(n), args.raw_seconds, int(threads))
+        catalog, model_dir, mode, n, threads, batch = args.raw
+        raw_process(Path(catalog), Path(model_dir), mode, int(n), args.raw_seconds, int(threads), int(batch))
         return
     if args.json is None:
         parser.error("--json is required")

@@ -1,8 +1,8 @@
 """Re-embedding throughput with 1 and 2 `celery worker` processes (real Redis broker, the API under uvicorn owning the
 embedded index, the workers its peers), each next to the raw encoder throughput measured in the same run just before
-it: `ThawModel.encode` on the same items, decoded beforehand, in batches of 32, in as many processes as workers with
-the torch thread count of one worker (bench/ingest.py's baseline). Runs with torch's default thread count and with
-one thread per worker."""
+it: `ThawModel.encode` on the same items, decoded beforehand, in batches of the chunk size (32), in as many processes
+as workers with the torch thread count of one worker (bench/ingest.py's baseline). Runs with torch's default thread
+count and with one thread per worker."""
 
 from __future__ import annotations
 
@@ -111,9 +111,8 @@ def main() -> None:
             for (n_workers, threads), version in zip(configs, ("v2", "v3", "v4", "v5"), strict=True):
                 load_before = os.getloadavg()[0]
                 # baseline, with no worker running
-                raw, _ = raw_encoder(
-                    catalog, rt.registry.path(version), "all", args.items, n_workers, seconds=5.0, threads=threads
-                )
+                model_dir, n, chunk = rt.registry.path(version), args.items, args.chunk_size
+                raw, _ = raw_encoder(catalog, model_dir, "all", n, n_workers, seconds=5.0, threads=threads, batch=chunk)
                 workers = [
                     subprocess.Popen(
                         [sys.executable, "-m", "celery", "-A", "entrypoints.worker", "worker", "-P", "solo", "-c", "1"]

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,6 +90,11 @@ def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
     if text is None and image is None and audio is None:
         raise PermanentError(f"item {record.item_id!r} has no text, image or audio to embed")
     return ItemInput(record.item_id, text=text, image=image, audio=audio, tags=item_tags(record.metadata_ or {}))
+
+
+def prefetch(rt: Runtime, records: Iterable[ItemRecord]) -> None:
+    """Start reading a batch's stored originals before `item_input` reads them one by one."""
+    rt.store.prefetch((record.item_id, modality) for record in records for modality in record.media or {})
 
 
 def content_hash(metadata: dict[str, Any], media: dict[str, str]) -> str:
@@ -296,6 +301,7 @@ def encode_batch(rt: Runtime, job_ids: list[str]) -> EncodedBatch | dict[str, st
             batch = EncodedBatch(job_ids, jobs)
             wanted = {j.item_id for j in jobs if j.item_id is not None}
             records = {r.item_id: r for r in session.scalars(select(ItemRecord).where(ItemRecord.item_id.in_(wanted)))}
+            prefetch(rt, records.values())
             inputs: dict[str, ItemInput | Exception] = {}
             for job in jobs:
                 record = records.get(str(job.item_id))

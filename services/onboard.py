@@ -26,6 +26,7 @@ from services.embedding import (
     encode,
     item_input,
     item_point,
+    prefetch,
     record_payload,
     write_versions,
 )
@@ -97,7 +98,9 @@ def plan_records(
         held = stored[version] if stored is not None else stored_hashes(rt, version, [r.item_id for r in records])
         todo[version] = [r for r in records if held.get(r.item_id) != hashes[r.item_id]]
     inputs: dict[str, ItemInput] = {}
-    for record in {r.item_id: r for rs in todo.values() for r in rs}.values():
+    wanted = {r.item_id: r for rs in todo.values() for r in rs}
+    prefetch(rt, wanted.values())
+    for record in wanted.values():
         try:
             inputs[record.item_id] = item_input(rt, record)
         except PermanentError as exc:

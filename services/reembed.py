@@ -48,7 +48,7 @@ from services.db import (
     running_reembeds,
     utcnow,
 )
-from services.embedding import PermanentError, content_hash, drop_deleted, item_input, stored_point
+from services.embedding import PermanentError, content_hash, drop_deleted, item_input, prefetch, stored_point
 from services.onboard import encode_each
 from services.runtime import Runtime
 from thaw.errors import ConflictError, NotFoundError
@@ -306,6 +306,7 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         h.item_id: h.payload.get("content_hash") for h in get_items(rt.index, ids, vectors=False, collection=collection)
     }
     todo, inputs = [], []
+    prefetch(rt, records.values())
     for row in rows:
         record = records.get(row.item_id)
         if record is None:

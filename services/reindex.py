@@ -13,7 +13,7 @@ from sqlalchemy import select
 from indexer.collections import ITEMS, USERS, collection_name, ensure_collections, optimize, remove_versions
 from indexer.writer import upsert_items, upsert_users
 from services.db import ItemRecord, audiences
-from services.embedding import PermanentError, item_input, stored_point
+from services.embedding import PermanentError, item_input, prefetch, stored_point
 from services.reembed import cf_vectors
 from services.runtime import ModelNotReadyError, Runtime
 from thaw.factors import Factors
@@ -58,6 +58,7 @@ def rebuild(
                 alpha=model.config.als_alpha,
             )
         inputs, records = [], []
+        prefetch(rt, chunk)
         for record in chunk:
             try:
                 inputs.append(item_input(rt, record))

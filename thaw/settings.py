@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_audio_seconds: float = 600.0
     max_image_pixels: int = 40_000_000
     task_max_retries: int = 5
-    embed_batch_size: int = 32  # upload jobs one worker task encodes together at most (those waiting; it never waits)
+    embed_batch_size: int = 64  # upload jobs one worker task encodes together at most (those waiting; it never waits)
     broker_visibility_timeout: int = 600  # seconds a taken task may run before the broker hands it to another worker
     job_resend_seconds: float = 300.0  # an embedding job running, or waiting while workers idle, this long is re-sent
     job_max_dispatches: int = 5  # an embedding job sent this often without finishing fails with the reason

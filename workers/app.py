@@ -26,7 +26,7 @@ class QueueConfig:
     embedded_dir: Path
     visibility_timeout: int = 600
     max_retries: int = 5
-    embed_batch_size: int = 32  # embedding jobs one task encodes together, at most
+    embed_batch_size: int = 64  # embedding jobs one task encodes together, at most
 
 
 def make_celery(config: QueueConfig) -> Celery:

@@ -304,6 +304,8 @@ def test_media_store_round_trip_replace_and_delete(tmp_path: Path) -> None:
     assert store.info("item-1", "image") is None and not first.path.parent.exists()
     assert store.get("item-2", "image") == png
     store.delete("never-stored")
+    store.prefetch([("item-2", "image"), ("item-1", "image"), ("never-stored", "audio")])  # the missing are left out
+    assert store.get("item-2", "image") == png
 
 
 def test_media_store_treats_ids_opaquely(tmp_path: Path) -> None:
@@ -318,6 +320,7 @@ def test_media_store_treats_ids_opaquely(tmp_path: Path) -> None:
 
 def test_media_store_refuses_unknown_modality(tmp_path: Path) -> None:
     store = MediaStore(tmp_path)
-    for call in (lambda: store.put("x", "video", b""), lambda: store.get("x", "video"), lambda: store.info("x", "")):
+    calls = [lambda: store.put("x", "video", b""), lambda: store.get("x", "video"), lambda: store.info("x", "")]
+    for call in [*calls, lambda: store.prefetch([("x", "video")])]:
         with pytest.raises(ValueError, match="modality"):
             call()
