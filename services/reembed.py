@@ -306,13 +306,14 @@ def _embed_rows(rt: Runtime, session: Session, version: str, rows: list[ReembedI
         h.item_id: h.payload.get("content_hash") for h in get_items(rt.index, ids, vectors=False, collection=collection)
     }
     todo, inputs = [], []
-    prefetch(rt, records.values())
+    hashes = {i: content_hash(r.metadata_ or {}, r.media or {}) for i, r in records.items()}
+    prefetch(rt, (r for i, r in records.items() if stored.get(i) != hashes[i]))  # the unchanged are not read
     for row in rows:
         record = records.get(row.item_id)
         if record is None:
             _fail(row, f"item {row.item_id!r} no longer exists")
             continue
-        row.content_hash = content_hash(record.metadata_ or {}, record.media or {})
+        row.content_hash = hashes[row.item_id]
         if stored.get(row.item_id) == row.content_hash:
             row.status, row.skipped, row.updated_at = ItemStatus.DONE, True, utcnow()
             continue
