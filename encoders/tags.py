@@ -132,9 +132,9 @@ class TagFactors:
         rows, toks = [], []
         for row, tags in enumerate(tag_sets):
             for tag in sorted(set(tags)):  # a fixed order: the sums below do not depend on PYTHONHASHSEED
-                if (i := self._index.get(tag)) is not None:
+                if (col := self._index.get(tag)) is not None:
                     rows.append(row)
-                    toks.append(i)
+                    toks.append(col)
         r, i = np.asarray(rows, np.int64), np.asarray(toks, np.int64)
         total, count = self.sums[i], self.counts[i]
         if own is not None:

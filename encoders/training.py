@@ -36,7 +36,6 @@ LOSSES = ("mse", "wpe", "softmax")
 AUDIO = MODALITY_ORDER.index("audio")
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
 KNN_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # content_knn's share of the cold-start score (thaw.scoring.score_items)
-KNN_BETAS = (0.0, 10.0)  # content_knn similarity: cosine to the history's centroid (0), soft item-kNN (thaw.scoring)
 BLEND_MARGIN = 0.01  # a blend is chosen only when it beats both pure scorers by this share of cold-validation NDCG
 
 
@@ -62,8 +61,11 @@ class TrainConfig:
     content_pulls: tuple[float, ...] = (10.0, 40.0, 80.0)
     content_lambdas: tuple[float, ...] = (3.0, 10.0)
     content_rounds: int = 4
-    # the prose words' target encoding (thaw.schema.item_words) in the tag features: candidates for cold validation
-    text_words: tuple[bool, ...] = (False, True)
+    # opt-in candidates for cold validation (measured in docs/evaluation.md, not in the default grid): the prose words'
+    # target encoding in the tag features (thaw.schema.item_words) with (False, True), and item-based kNN content
+    # similarity (thaw.scoring.knn_similarity's sharpness beta; 0 is the cosine to the history's centroid)
+    text_words: tuple[bool, ...] = (False,)
+    knn_betas: tuple[float, ...] = (0.0,)
     seed: int = 0
 
 
@@ -448,7 +450,7 @@ def tune_blend(s: TrainState) -> None:
     histories = history_rows(s.ds, s.warm.ids, warm_knn)
     pred, f, val_knn = predict(s.net, s.val), s.factors, s.val.knn()
     s.scorers = {}
-    for beta in KNN_BETAS:
+    for beta in sorted(set(s.config.knn_betas) | {0.0}):
         # the knn weight 0 reads no content_knn similarity: scored once, with the centroid
         grid = [(a, w) for w in KNN_WEIGHTS if w > 0.0 or beta == 0.0 for a in (ALPHAS if w < 1.0 else (1.0,))]
         scores = cold_ndcg_grid(

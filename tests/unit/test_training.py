@@ -233,7 +233,7 @@ def test_cold_validation_picks_the_planted_scorer(tmp_path: Path, signal: str, s
     CF factors where that is."""
     ds, table = _planted_catalogue(tmp_path / signal, signal)
     split = split_items(ds, seed=0, fractions=(0.2, 0.1))
-    config = TrainConfig(factors=8 if signal == "cf" else 1, epochs=2, eval_every=1, hidden=16)
+    config = TrainConfig(factors=8 if signal == "cf" else 1, epochs=2, eval_every=1, hidden=16, knn_betas=(0.0, 10.0))
     model = train(ds, split, config, progress=False, features=table)
     grid = model.metrics["scorer_grid"]
     regression, knn = max(v for k, v in grid.items() if k.endswith("knn=0.0")), grid["alpha=1.0,knn=1.0"]
@@ -273,7 +273,7 @@ def test_cold_validation_reads_the_prose_words_where_they_carry_the_taste(tmp_pa
     feats["image"] = torch.zeros(n_items, IMAGE_DIM)
     table = Table(ids, feats, masks, [torch.zeros(0, N_MELS, 188) for _ in ids], [item_tokens(r) for r in rows])
     split = split_items(ds, seed=0, fractions=(0.2, 0.1))
-    config = TrainConfig(factors=8, epochs=1, eval_every=1, hidden=16, content_pulls=())
+    config = TrainConfig(factors=8, epochs=1, eval_every=1, hidden=16, content_pulls=(), text_words=(False, True))
     model = train(ds, split, config, progress=False, features=table)
     assert model.metrics["content_pull"]["words"] == 1.0, model.metrics["content_pull"]
     assert "words:description" in model.tag_factors.fields
