@@ -109,6 +109,10 @@ class ThawModel:
         return self.config.knn_weight
 
     @property
+    def knn_beta(self) -> float:
+        return self.config.knn_beta
+
+    @property
     def embedding_dims(self) -> dict[str, int]:
         return self.config.embedding_dims
 

@@ -16,7 +16,15 @@ from encoders.features import Table
 from encoders.fusion import MODALITY_ORDER, predict
 from encoders.training import TrainConfig, train, warm_factors
 from thaw.datasets import Dataset, Split
-from thaw.evaluation import cold_ndcg, evaluate_rankings, history_profiles, rank_by_scores, rank_cold, user_positives
+from thaw.evaluation import (
+    cold_ndcg,
+    evaluate_rankings,
+    history_profiles,
+    history_rows,
+    rank_by_scores,
+    rank_cold,
+    user_positives,
+)
 from thaw.scoring import cosine, scorer_name
 
 KS = (20, 100)
@@ -80,7 +88,8 @@ def run_protocol(
     t = time.perf_counter()
     warm_pred = predict(model.net, warm)
     profiles = history_profiles(ds, warm_ids, warm_pred)
-    knn_profiles = history_profiles(ds, warm_ids, warm.knn())  # content_knn's profiles, shared with Thaw's scorer
+    warm_knn = warm.knn()
+    knn_profiles = history_profiles(ds, warm_ids, warm_knn)  # content_knn's profiles, shared with Thaw's scorer
     test_knn = test.knn()
     score(
         "thaw",
@@ -95,6 +104,8 @@ def run_protocol(
             knn=test_knn,
             knn_profiles=knn_profiles,
             knn_weight=model.knn_weight,
+            knn_histories=history_rows(ds, warm_ids, warm_knn) if model.knn_beta > 0.0 else None,
+            knn_beta=model.knn_beta,
         ),
     )
     for j, modality in enumerate(("text", "image", "audio")):
@@ -168,9 +179,11 @@ def run_protocol(
             "n_warm_items": len(model.item_ids),
             "alpha": model.alpha,
             "knn_weight": model.knn_weight,
+            "knn_beta": model.knn_beta,
             "scorer": scorer_name(model.knn_weight),
             "scorer_grid": model.metrics["scorer_grid"],  # cold-validation NDCG@20 of every candidate scorer
             "content_pull": model.metrics["content_pull"]["pull"],
+            "content_words": model.metrics["content_pull"].get("words", 0.0),  # the prose words' target encoding read
             "ridge_lambda": best_lam,
             "ridge_all_lambda": all_lam,
             "loss": config.loss,

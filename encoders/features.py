@@ -18,7 +18,7 @@ from encoders.audio import N_MELS, SAMPLE_RATE, log_mel_crops
 from encoders.tags import TagFactors, TagVocab
 from thaw.datasets import Dataset
 from thaw.media import MediaError, decode_audio, decode_image
-from thaw.schema import item_tags
+from thaw.schema import item_tokens
 from thaw.scoring import knn_matrix
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class ItemInput:
     text: str | None = None
     image: Image.Image | None = None
     audio: np.ndarray | None = None  # mono float32 at SAMPLE_RATE
-    tags: frozenset[str] = frozenset()  # thaw.schema.item_tags of the metadata, read with the text
+    tags: frozenset[str] = frozenset()  # thaw.schema.item_tokens of the metadata, read with the text
 
 
 @dataclass
@@ -90,7 +90,7 @@ def item_inputs(ds: Dataset, item_ids: list[str]) -> list[ItemInput]:
             audio = decode_audio(item.audio.read_bytes(), sample_rate=SAMPLE_RATE) if item.audio else None
         except MediaError as exc:
             log.warning("item %s: audio skipped: %s", item_id, exc)
-        out.append(ItemInput(item_id, text=item.text or None, image=image, audio=audio, tags=item_tags(item.fields)))
+        out.append(ItemInput(item_id, text=item.text or None, image=image, audio=audio, tags=item_tokens(item.fields)))
     return out
 
 

@@ -12,10 +12,11 @@ import torch
 
 from encoders.features import Table
 from encoders.fusion import MODALITY_ORDER, Head, ThawNet, head_input
-from encoders.tags import TagFactors
+from encoders.tags import TagFactors, without_words
 from thaw.datasets import Interactions
 from thaw.evaluation import cold_ndcg
 from thaw.factors import Factors, content_regularised_als
+from thaw.schema import WORD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +93,28 @@ def content_factors(
     als_alpha: float,
     als_reg: float,
     rounds: int,
+    words: Sequence[bool] = (False,),
     fixed: Mapping[str, float] | None = None,
 ) -> tuple[Factors, TagFactors, dict[str, float]]:
     """Plain ALS or content-regularised ALS (each of `pulls` times each of `lambdas`, the ridge lambda of the
     content map from the frozen features), whichever ranks cold validation items best when they are predicted by a
     ridge map from their content features, with the tags' target encoding of the resulting factors, onto those
-    factors. Returns the factors, their tag encoding and the chosen pull and lambda (the text head's ridge start uses
-    the same lambda). `fixed` ({"pull", "lambda"} chosen before) skips the choice: that pull is applied as is."""
+    factors; the target encoding reads the prose words (`thaw.schema.item_words`) or not, as `words` offers and
+    validation prefers. Returns the factors, their tag encoding and the choice ({"pull", "lambda", "words"}: 1.0 where
+    the words are read; the text head's ridge start uses the same lambda). `fixed` (a choice made before) skips the
+    choice: that pull is applied as is."""
     rows = {item: k for k, item in enumerate(warm.ids)}
     with_content = np.array([item in rows for item in factors.item_ids])
     ordered = warm.subset([i for i in factors.item_ids if i in rows])  # factor order, items with content
+    tag_sets = {True: ordered.tags, False: without_words(ordered.tags)}
 
-    def encoding(items: np.ndarray) -> TagFactors:
-        return TagFactors.fit(ordered.tags, items[with_content])
+    def encoding(items: np.ndarray, read_words: bool) -> TagFactors:
+        return TagFactors.fit(tag_sets[read_words], items[with_content])
 
-    def score(f: Factors, lam: float) -> float:
+    def score(f: Factors, lam: float, read_words: bool) -> float:
         """Cold-validation NDCG@20 of the ridge map from the warm items' content features, with the tags' target
         encoding of `f`, onto `f`'s item factors."""
-        tags, own = encoding(f.items), f.items[with_content]
+        tags, own = encoding(f.items, read_words), f.items[with_content]
         w, b = ridge_map(head_input(ordered.with_tag_factors(tags, own).feats), torch.from_numpy(own).float(), lam)
         pred = head_input(val.with_tag_factors(tags).feats) @ w.T + b
         return cold_ndcg(f.user_ids, f.users, val.ids, pred.numpy(), val_pos)
@@ -139,15 +144,27 @@ def content_factors(
 
     if fixed is not None:
         f = pulled(fixed["pull"], fixed["lambda"]) if fixed["pull"] > 0 else factors
-        return f, encoding(f.items), {"pull": fixed["pull"], "lambda": fixed["lambda"]}
-    plain = {lam: score(factors, lam) for lam in lambdas}
-    lam = max(plain, key=lambda k: plain[k])
-    best, chosen = {"pull": 0.0, "lambda": lam, "cold_val_ndcg@20": round(plain[lam], 4)}, factors
+        read = bool(fixed.get("words", 0.0))
+        return f, encoding(f.items, read), {"pull": fixed["pull"], "lambda": fixed["lambda"], "words": float(read)}
+    if not any(any(t.startswith(WORD_PREFIX) for t in tags) for tags in ordered.tags):
+        words = [False]  # no prose words on any warm item: nothing to choose
+    words = sorted(set(words)) or [False]
+    best: dict[str, float] = {"cold_val_ndcg@20": -1.0}
+    chosen = factors
+    for lam, read in itertools.product(lambdas, words):
+        if (now := score(factors, lam, read)) > best["cold_val_ndcg@20"]:
+            best = {"pull": 0.0, "lambda": lam, "words": float(read), "cold_val_ndcg@20": round(now, 4)}
     if not bool(warm.masks[:, :2].any()):  # no text or image: nothing to pull toward
         pulls = ()
     for pull, lam in itertools.product(pulls, lambdas):
         f = pulled(pull, lam)
-        if (now := score(f, lam)) > best["cold_val_ndcg@20"]:
-            best, chosen = {"pull": pull, "lambda": lam, "cold_val_ndcg@20": round(now, 4)}, f
-    log.info("CF factors: content pull %s (linear map: cold-val NDCG@20 %s)", best["pull"], best["cold_val_ndcg@20"])
-    return chosen, encoding(chosen.items), best
+        for read in words:
+            if (now := score(f, lam, read)) > best["cold_val_ndcg@20"]:
+                best, chosen = {"pull": pull, "lambda": lam, "words": float(read), "cold_val_ndcg@20": round(now, 4)}, f
+    log.info(
+        "CF factors: content pull %s, words %s (linear map: cold-val NDCG@20 %s)",
+        best["pull"],
+        best["words"],
+        best["cold_val_ndcg@20"],
+    )
+    return chosen, encoding(chosen.items, bool(best["words"])), best

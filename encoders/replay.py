@@ -60,6 +60,7 @@ def replay(
         model.config.cf_shrinkage,
         model.metrics.get("cold_val_ndcg@20"),
         model.config.knn_weight,
+        model.config.knn_beta,
     )
     result = simulate(held, split, spec, config, arrays, interleave=interleave, progress=progress)
     result.summary["timing_s"] = {"train_s": round(train_s, 2), "replay_s": round(time.perf_counter() - t, 2)}

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from thaw.schema import WORD_PREFIX
+
 
 class TagVocab:
     """Tokens seen on at least `min_count` training items, with their inverse document frequencies.
@@ -55,6 +57,12 @@ class TagVocab:
     @classmethod
     def from_json(cls, data: dict[str, list[str] | list[float]]) -> TagVocab:
         return cls([str(t) for t in data["tokens"]], [float(x) for x in data["idf"]])
+
+
+def without_words(tag_sets: Sequence[Iterable[str]]) -> list[frozenset[str]]:
+    """The tag sets less their prose words (`thaw.schema.item_words`): what the TF-IDF vocabulary reads, and the
+    target encoding when cold validation leaves the words out."""
+    return [frozenset(t for t in tags if not t.startswith(WORD_PREFIX)) for tags in tag_sets]
 
 
 def tag_field(tag: str) -> str | None:
@@ -120,22 +128,26 @@ class TagFactors:
     def transform(self, tag_sets: Sequence[Iterable[str]], own: np.ndarray | None = None) -> np.ndarray:
         """(n, width) features. `own[r]`, for items the table was fitted on, is row r's own vector: it is left out
         of its tags' sums, so training rows see what a new item would."""
-        d = len(self.mean)
-        out = np.zeros((len(tag_sets), len(self.fields), d))
+        d, n = len(self.mean), len(tag_sets)
+        rows, toks = [], []
         for row, tags in enumerate(tag_sets):
-            mine = None if own is None else np.asarray(own[row], np.float64) - self.mean
-            parts: dict[int, list[np.ndarray]] = {}
             for tag in sorted(set(tags)):  # a fixed order: the sums below do not depend on PYTHONHASHSEED
-                if (i := self._index.get(tag)) is None:
-                    continue
-                total, count = (
-                    (self.sums[i], self.counts[i]) if mine is None else (self.sums[i] - mine, self.counts[i] - 1)
-                )
-                if count > 0:
-                    parts.setdefault(self._column[i], []).append(total / (count + self.smoothing))
-            for j, vs in parts.items():
-                out[row, j] = np.mean(vs, axis=0)
-        return (out.reshape(len(tag_sets), self.width) / self.scale).astype(np.float32)
+                if (col := self._index.get(tag)) is not None:
+                    rows.append(row)
+                    toks.append(col)
+        r, i = np.asarray(rows, np.int64), np.asarray(toks, np.int64)
+        total, count = self.sums[i], self.counts[i]
+        if own is not None:
+            total = total - (np.asarray(own, np.float64)[r] - self.mean)
+            count = count - 1
+        keep = count > 0
+        r, i, parts = r[keep], i[keep], total[keep] / (count[keep] + self.smoothing)[:, None]
+        cell = r * max(len(self.fields), 1) + np.asarray(self._column, np.int64)[i]  # (row, field) of each part
+        out = np.zeros((n * len(self.fields), d))
+        np.add.at(out, cell, parts)
+        per_cell = np.bincount(cell, minlength=len(out))
+        out /= np.maximum(per_cell, 1)[:, None]  # per field, the mean over the row's tags
+        return (out.reshape(n, self.width) / self.scale).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"sums": self.sums, "counts": self.counts, "mean": self.mean}

@@ -23,9 +23,9 @@ from encoders.audio import augment
 from encoders.features import Table, catalogue_features, content_table, item_inputs
 from encoders.fusion import MODALITY_ORDER, ThawNet, audio_embeddings, head_input, predict
 from encoders.linear import content_factors, init_ridge
-from encoders.tags import TagFactors, TagVocab
+from encoders.tags import TagFactors, TagVocab, without_words
 from thaw.datasets import Dataset, Interactions, Split, split_items
-from thaw.evaluation import cold_ndcg, cold_ndcg_grid, history_profiles, user_positives
+from thaw.evaluation import cold_ndcg, cold_ndcg_grid, history_profiles, history_rows, user_positives
 from thaw.factors import Factors, fit_als
 from thaw.profiling import StageMeter
 from thaw.schema import MODALITIES
@@ -61,6 +61,11 @@ class TrainConfig:
     content_pulls: tuple[float, ...] = (10.0, 40.0, 80.0)
     content_lambdas: tuple[float, ...] = (3.0, 10.0)
     content_rounds: int = 4
+    # opt-in candidates for cold validation (measured in docs/evaluation.md, not in the default grid): the prose words'
+    # target encoding in the tag features (thaw.schema.item_words) with (False, True), and item-based kNN content
+    # similarity (thaw.scoring.knn_similarity's sharpness beta; 0 is the cosine to the history's centroid)
+    text_words: tuple[bool, ...] = (False,)
+    knn_betas: tuple[float, ...] = (0.0,)
     seed: int = 0
 
 
@@ -144,7 +149,7 @@ class Choices:
     """What cold validation decided in one training run; a refit on all the history (no validation items left)
     replays them instead of choosing."""
 
-    pull: dict[str, float]  # content pull and the ridge lambda of the content map (content_factors)
+    pull: dict[str, float]  # content pull, the ridge lambda of the content map, prose words read (content_factors)
     ridge_lambdas: dict[str, float]  # per head; audio present when its closed-form head won
     epochs: dict[str, int]  # the epoch whose state was kept, per trained stage ("audio", "fused")
     fusion_start: list[float]  # the fusion's log-weights the residual training started from
@@ -152,6 +157,7 @@ class Choices:
     alpha: float
     cold_val_ndcg: float
     knn_weight: float = 0.0
+    knn_beta: float = 0.0
 
 
 @contextlib.contextmanager
@@ -211,8 +217,9 @@ class TrainState:
     fusion: float = 0.0  # ... after the final fusion tuning
     alphas: dict[float, float] = field(default_factory=dict)
     alpha: float = 1.0
-    scorers: dict[tuple[float, float], float] = field(default_factory=dict)  # (alpha, knn weight) -> NDCG@20
+    scorers: dict[tuple[float, float, float], float] = field(default_factory=dict)  # (alpha, knn weight, beta) -> NDCG
     knn_weight: float = 0.0
+    knn_beta: float = 0.0
     fixed: Choices | None = None  # a refit: replay these choices, read no validation items
     fusion_start: list[float] = field(default_factory=list)
     model: ThawModel = field(init=False)
@@ -301,7 +308,7 @@ def read_features(s: TrainState) -> None:
         val = content_table(item_inputs(ds, s.val_ids), progress=s.progress) if s.val_ids else warm.subset([])
     else:
         warm, val = s.features.subset(head_ids), s.features.subset(s.val_ids)
-    s.vocab = TagVocab.fit(warm.tags, min_count=s.config.tag_min_count)
+    s.vocab = TagVocab.fit(without_words(warm.tags), min_count=s.config.tag_min_count)
     s.warm, s.val = warm.with_vocab(s.vocab), val.with_vocab(s.vocab)
 
 
@@ -322,6 +329,7 @@ def shape_cf_space(s: TrainState) -> None:
         als_alpha=c.als_alpha,
         als_reg=c.als_reg,
         rounds=c.content_rounds,
+        words=c.text_words,
         fixed=s.fixed.pull if s.fixed is not None else None,
     )
     factor_row = {it: i for i, it in enumerate(s.factors.item_ids)}
@@ -428,36 +436,49 @@ def train_residuals(s: TrainState) -> None:
 def tune_blend(s: TrainState) -> None:
     """The cold-start scorer that ships as the serving default, chosen on cold validation among Thaw's regression
     onto CF factors (knn weight 0; alpha blends the CF score with similarity to the user's Thaw profile), content
-    similarity to the user's history in content_knn's embedding (knn weight 1), and their z-scored blends. A blend
-    must beat the better pure scorer by BLEND_MARGIN (differences smaller than that are validation noise); ties go
-    to the smaller knn weight, then the larger alpha."""
+    similarity to the user's history in content_knn's embedding (knn weight 1; the cosine to the history's centroid,
+    or with a sharpness beta > 0 item-based kNN, the soft maximum of the cosines to the history's items), and their
+    z-scored blends. A blend must beat the better pure scorer by BLEND_MARGIN (differences smaller than that are
+    validation noise); ties go to the smaller knn weight, then the larger alpha, then the centroid."""
     if s.fixed is not None:
-        s.alpha, s.knn_weight = s.fixed.alpha, s.fixed.knn_weight
+        s.alpha, s.knn_weight, s.knn_beta = s.fixed.alpha, s.fixed.knn_weight, s.fixed.knn_beta
         return
     served = s.warm.with_tag_factors(s.tag_factors)  # as a served item is encoded: its own factors count
     profiles = history_profiles(s.ds, s.warm.ids, predict(s.net, served))
-    knn_profiles = history_profiles(s.ds, s.warm.ids, s.warm.knn())
-    pred, f = predict(s.net, s.val), s.factors
-    grid = [(a, w) for w in KNN_WEIGHTS for a in (ALPHAS if w < 1.0 else (1.0,))]  # content_knn alone: no alpha
-    s.scorers = cold_ndcg_grid(
-        f.user_ids,
-        f.users,
-        s.val_ids,
-        pred,
-        s.val_pos,
-        grid,
-        profiles=profiles,
-        knn=s.val.knn(),
-        knn_profiles=knn_profiles,
-    )
-    s.alphas = {a: s.scorers[(a, 0.0)] for a in ALPHAS}
-    pure = [aw for aw in s.scorers if aw[1] in (0.0, 1.0)]
-    blends = [aw for aw in s.scorers if aw not in pure]
-    best = max(pure, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]))
-    blend = max(blends, key=lambda aw: (s.scorers[aw], -aw[1], aw[0]), default=None)
+    warm_knn = s.warm.knn()
+    knn_profiles = history_profiles(s.ds, s.warm.ids, warm_knn)
+    histories = history_rows(s.ds, s.warm.ids, warm_knn)
+    pred, f, val_knn = predict(s.net, s.val), s.factors, s.val.knn()
+    s.scorers = {}
+    for beta in sorted(set(s.config.knn_betas) | {0.0}):
+        # the knn weight 0 reads no content_knn similarity: scored once, with the centroid
+        grid = [(a, w) for w in KNN_WEIGHTS if w > 0.0 or beta == 0.0 for a in (ALPHAS if w < 1.0 else (1.0,))]
+        scores = cold_ndcg_grid(
+            f.user_ids,
+            f.users,
+            s.val_ids,
+            pred,
+            s.val_pos,
+            grid,
+            profiles=profiles,
+            knn=val_knn,
+            knn_profiles=knn_profiles,
+            knn_histories=histories,
+            knn_beta=beta,
+        )
+        s.scorers |= {(a, w, beta): v for (a, w), v in scores.items()}
+    s.alphas = {a: s.scorers[(a, 0.0, 0.0)] for a in ALPHAS}
+    pure = [c for c in s.scorers if c[1] in (0.0, 1.0)]
+    blends = [c for c in s.scorers if c not in pure]
+
+    def rank(c: tuple[float, float, float]) -> tuple[float, float, float, float]:
+        return s.scorers[c], -c[1], c[0], -c[2]
+
+    best = max(pure, key=rank)
+    blend = max(blends, key=rank, default=None)
     if blend is not None and s.scorers[blend] > (1.0 + BLEND_MARGIN) * s.scorers[best]:
         best = blend
-    s.alpha, s.knn_weight = best
+    s.alpha, s.knn_weight, s.knn_beta = best
 
 
 STAGES: tuple[tuple[str, Callable[[TrainState], None]], ...] = (
@@ -476,7 +497,7 @@ def choices(s: TrainState) -> Choices:
     if s.fixed is not None:
         return s.fixed
     return Choices(
-        pull={"pull": s.pull["pull"], "lambda": s.pull["lambda"]},
+        pull={k: s.pull[k] for k in ("pull", "lambda", "words")},
         ridge_lambdas=dict(s.ridge_lambdas),
         epochs=dict(s.epochs),
         fusion_start=list(s.fusion_start),
@@ -484,6 +505,7 @@ def choices(s: TrainState) -> Choices:
         alpha=s.alpha,
         cold_val_ndcg=round(max(s.best, s.fusion), 4),
         knn_weight=s.knn_weight,
+        knn_beta=s.knn_beta,
     )
 
 
@@ -493,6 +515,7 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         modalities=[m for j, m in enumerate(MODALITIES) if bool(s.warm.masks[:, j].any())],
         alpha=s.alpha,
         knn_weight=s.knn_weight,
+        knn_beta=s.knn_beta,
         als_reg=s.config.als_reg,
         als_alpha=s.config.als_alpha,
         cf_shrinkage=s.config.cf_shrinkage,
@@ -506,7 +529,9 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         "refit_on_all": s.fixed is not None,
         "alpha_grid": {str(a): round(v, 4) for a, v in s.alphas.items()},
         "scorer": scorer_name(s.knn_weight),
-        "scorer_grid": {f"alpha={a},knn={w}": round(v, 4) for (a, w), v in s.scorers.items()},
+        "scorer_grid": {
+            f"alpha={a},knn={w}" + (f",beta={b}" if b else ""): round(v, 4) for (a, w, b), v in s.scorers.items()
+        },
         "history": s.histories,
         "ridge_lambdas": s.ridge_lambdas,
         "content_pull": s.pull,
@@ -516,7 +541,13 @@ def assemble(s: TrainState, stages: dict[str, dict[str, float]]) -> ThawModel:
         "n_tags": len(s.vocab),
         "n_tag_factor_fields": len(s.tag_factors.fields),
     }
-    log.info("trained: cold-val NDCG@20 %.4f, alpha %.2f, knn weight %.2f", s.best, s.alpha, s.knn_weight)
+    log.info(
+        "trained: cold-val NDCG@20 %.4f, alpha %.2f, knn weight %.2f, beta %.1f",
+        s.best,
+        s.alpha,
+        s.knn_weight,
+        s.knn_beta,
+    )
     f = s.factors
     return ThawModel(
         s.net,

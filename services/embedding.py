@@ -44,7 +44,7 @@ from services.dispatch import is_transient
 from services.runtime import Runtime
 from thaw.datasets import Dataset
 from thaw.media import MediaError, decode_audio, decode_image
-from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, UNFINISHED, JobStatus, item_tags, item_text
+from thaw.schema import CF, CF_SOURCE, CONTENT, MODALITIES, UNFINISHED, JobStatus, item_text, item_tokens
 
 if TYPE_CHECKING:
     from encoders.artifacts import ThawModel
@@ -89,7 +89,7 @@ def item_input(rt: Runtime, record: ItemRecord) -> ItemInput:
         raise PermanentError(str(exc)) from exc
     if text is None and image is None and audio is None:
         raise PermanentError(f"item {record.item_id!r} has no text, image or audio to embed")
-    return ItemInput(record.item_id, text=text, image=image, audio=audio, tags=item_tags(record.metadata_ or {}))
+    return ItemInput(record.item_id, text=text, image=image, audio=audio, tags=item_tokens(record.metadata_ or {}))
 
 
 def prefetch(rt: Runtime, records: Iterable[ItemRecord]) -> None:

@@ -143,7 +143,7 @@ def _knn(hits: list[Hit], dims: dict[str, int]) -> np.ndarray:
 def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[str]) -> UserContext:
     """What the policies need of the user, from one read of their history items' vectors."""
     vectors = ([CF, CONTENT] if needs & {"vector", "profile"} else []) + (
-        [m for m in KNN_MODALITIES if m in view.config.embedding_dims] if "knn_profile" in needs else []
+        [m for m in KNN_MODALITIES if m in view.config.embedding_dims] if needs & {"knn_profile", "knn_history"} else []
     )
     seen = req.seen
     found = get_items(rt.index, seen, vectors=vectors, collection=view.items, fields=FIELDS) if vectors else []
@@ -157,8 +157,10 @@ def user_context(rt: Runtime, view: ModelView, req: Request, needs: frozenset[st
         ctx.profile = profile([h.vectors[CONTENT] for h in with_content])
         ctx.history = [h.item_id for h in with_content]
         ctx.history_content = np.stack([h.vectors[CONTENT] for h in with_content]) if with_content else None
-    if "knn_profile" in needs and recent:
-        ctx.knn_profile = profile(list(_knn(recent, view.config.embedding_dims)))
+    if needs & {"knn_profile", "knn_history"} and recent:
+        knn = _knn(recent, view.config.embedding_dims)
+        ctx.knn_profile = profile(list(knn)) if "knn_profile" in needs else None
+        ctx.knn_history = knn if "knn_history" in needs else None
     return ctx
 
 
@@ -230,6 +232,7 @@ def serve(
             shrinkage=c.cf_shrinkage,
             seed=req.seed,
             default_knn_weight=c.knn_weight,
+            default_knn_beta=c.knn_beta,
         )
         items = [cands.item_ids[i] for i in order]
         payloads = {h.item_id: h.payload for h in found}

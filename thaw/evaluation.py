@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from thaw.datasets import Dataset, Interactions
-from thaw.scoring import cosine, profile, score_items
+from thaw.scoring import cosine, profile, score_items, soft_max_cosine, unit_rows
 
 
 def recall_at_k(ranked: Sequence[str], positives: set[str], k: int) -> float:
@@ -76,9 +77,12 @@ def rank_cold(
     knn: np.ndarray | None = None,
     knn_profiles: Mapping[str, np.ndarray] | None = None,
     knn_weight: float = 0.0,
+    knn_histories: Histories | None = None,
+    knn_beta: float = 0.0,
 ) -> dict[str, list[str]]:
     """Every user with cold positives ranks all cold items by thaw.scoring.score_items (alpha=1, knn_weight=0:
-    CF score only); `knn`: the cold items' content_knn vectors, `knn_profiles`: the users' knn profiles."""
+    CF score only); `knn`: the cold items' content_knn vectors, `knn_profiles`: the users' knn profiles,
+    `knn_histories`: their histories' knn vectors (read where `knn_beta` > 0)."""
     uix = {u: i for i, u in enumerate(user_ids)}
     out = {}
     for user in positives:
@@ -94,6 +98,8 @@ def rank_cold(
             knn=knn,
             knn_profile=(knn_profiles or {}).get(user),
             knn_weight=knn_weight,
+            knn_history=knn_histories.of(user) if knn_histories is not None and knn_beta > 0.0 else None,
+            knn_beta=knn_beta,
         )
         out[user] = rank_by_scores(scores, cold_ids)
     return out
@@ -111,6 +117,8 @@ def cold_ndcg(
     knn: np.ndarray | None = None,
     knn_profiles: Mapping[str, np.ndarray] | None = None,
     knn_weight: float = 0.0,
+    knn_histories: Histories | None = None,
+    knn_beta: float = 0.0,
 ) -> float:
     """NDCG@20 of `rank_cold` over the users with positives among `cold_ids` (0 when there are none), computed on
     the users x items score matrix at once (`cold_ndcg_grid` with one candidate)."""
@@ -124,6 +132,8 @@ def cold_ndcg(
         profiles=profiles,
         knn=knn,
         knn_profiles=knn_profiles,
+        knn_histories=knn_histories,
+        knn_beta=knn_beta,
     )[(alpha, knn_weight)]
 
 
@@ -136,6 +146,29 @@ def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray
         if item in index:
             rows.setdefault(user, []).append(warm_pred[index[item]])
     return {u: p for u, vs in rows.items() if (p := profile(vs)) is not None}
+
+
+@dataclass(frozen=True)
+class Histories:
+    """Users' warm histories in one vector space (content_knn's): the warm items' vectors and each user's rows."""
+
+    vectors: np.ndarray
+    rows: Mapping[str, np.ndarray]
+
+    def of(self, user: str) -> np.ndarray | None:
+        """The user's history vectors (None without history)."""
+        rows = self.rows.get(user)
+        return None if rows is None else self.vectors[rows]
+
+
+def history_rows(ds: Dataset, warm_ids: Sequence[str], vectors: np.ndarray) -> Histories:
+    """Each user's warm items (`warm_ids`, rows of `vectors`) among the dataset's interactions, in event order."""
+    index = {item: i for i, item in enumerate(warm_ids)}
+    rows: dict[str, list[int]] = {}
+    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
+        if item in index:
+            rows.setdefault(user, []).append(index[item])
+    return Histories(vectors, {u: np.asarray(sorted(set(r), key=r.index), np.int64) for u, r in rows.items()})
 
 
 def ndcg_rows(
@@ -178,10 +211,13 @@ def cold_ndcg_grid(
     profiles: Mapping[str, np.ndarray] | None = None,
     knn: np.ndarray | None = None,
     knn_profiles: Mapping[str, np.ndarray] | None = None,
+    knn_histories: Histories | None = None,
+    knn_beta: float = 0.0,
 ) -> dict[tuple[float, float], float]:
-    """`cold_ndcg` of every (alpha, knn_weight) candidate at once: each user's CF scores, Thaw-profile similarities
-    and content_knn cosines over the cold items are computed once, then combined per candidate as
-    thaw.scoring.score_items combines them, and NDCG@20 is taken over all users together."""
+    """`cold_ndcg` of every (alpha, knn_weight) candidate at once, with one content_knn similarity (`knn_beta`, as
+    thaw.scoring.knn_similarity reads it): each user's CF scores, Thaw-profile similarities and content_knn
+    similarities over the cold items are computed once, then combined per candidate as thaw.scoring.score_items
+    combines them, and NDCG@20 is taken over all users together."""
     if not positives:
         return {c: 0.0 for c in candidates}
     uix = {u: i for i, u in enumerate(user_ids)}
@@ -198,7 +234,18 @@ def cold_ndcg_grid(
     cf = np.stack([np.asarray(cold_pred @ user_factors[uix[u]], float) for u in users])
     has_prof = np.array([u in profiles for u in users], dtype=bool)[:, None]
     sim = np.stack([np.asarray((cold_pred @ profiles[u]) / norms, float) if u in profiles else zero for u in users])
-    cosines = {u: cosine(knn, knn_profiles[u]) for u in users if knn is not None and u in knn_profiles}
+    if knn_beta > 0.0:
+        cosines = {}
+        if knn is not None and knn_histories is not None:
+            # every cold item's cosine to every warm item once; each user's soft maximum over their rows of it
+            table = unit_rows(knn) @ unit_rows(knn_histories.vectors).T
+            cosines = {
+                u: soft_max_cosine(table[:, rows], knn_beta)
+                for u in users
+                if (rows := knn_histories.rows.get(u)) is not None and len(rows)
+            }
+    else:
+        cosines = {u: cosine(knn, knn_profiles[u]) for u in users if knn is not None and u in knn_profiles}
     kind = next(iter(cosines.values())).dtype if cosines else zero.dtype  # z-scored in score_items' precision
     knn_cos = np.stack([cosines.get(u, zero).astype(kind) for u in users])
     has_knn = np.array([u in cosines for u in users], dtype=bool)[:, None]

@@ -34,8 +34,8 @@ def version_key(version: str) -> tuple[int, str]:
 
 class ModelConfig(BaseModel):
     """What a trained version is: its vector sizes, the modalities it learned from, its serving defaults (`alpha`,
-    `knn_weight`, the fold-in's `als_reg` and `als_alpha`, `cf_shrinkage`), the network's shape and the settings it
-    was trained with."""
+    `knn_weight`, `knn_beta`, the fold-in's `als_reg` and `als_alpha`, `cf_shrinkage`), the network's shape and the
+    settings it was trained with."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,6 +47,7 @@ class ModelConfig(BaseModel):
     modalities: list[str]  # the modalities warm items had in training; the heads of the others are untrained
     alpha: float  # CF score vs content similarity, chosen on cold validation
     knn_weight: float = 0.0  # content_knn similarity to the user's history in the cold-start score, ditto
+    knn_beta: float = 0.0  # that similarity: cosine to the history's centroid (0) or soft item-kNN's sharpness, ditto
     als_reg: float
     als_alpha: float
     cf_shrinkage: float

@@ -58,6 +58,8 @@ NON_TEXT_FIELDS = frozenset({"item_id", "image", "audio"})
 FREE_TEXT_FIELDS = frozenset({"title", "description"})  # prose: read by the text encoder, never tokenised as tags
 MAX_TAG_CHARS = 48
 _YEAR_RE = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
+WORD_PREFIX = "words:"  # item_words' tokens: `words:field=word`
+_WORD_RE = re.compile(r"[^\W_]{2,}")  # runs of two or more letters or digits
 
 
 class InvalidIdError(InvalidInputError):
@@ -132,3 +134,23 @@ def item_tags(fields: dict[str, object]) -> frozenset[str]:
         elif isinstance(value, bool | int):
             tags.add(f"{key}={value}")
     return frozenset(tags)
+
+
+def item_words(fields: dict[str, object]) -> frozenset[str]:
+    """Word tokens of an item's prose, for the tags' target encoding (`encoders.tags.TagFactors`; never in the TF-IDF
+    tag vocabulary): `words:field=word` for every lower-cased run of two or more letters or digits in each string
+    field that `item_tags` does not take whole (title, description and strings longer than MAX_TAG_CHARS)."""
+    tokens: set[str] = set()
+    for key, value in fields.items():
+        if key in NON_TEXT_FIELDS or not isinstance(value, str):
+            continue
+        text = value.strip()
+        if key in FREE_TEXT_FIELDS or len(text) > MAX_TAG_CHARS:
+            words = _WORD_RE.findall(text.lower())
+            tokens.update(f"{WORD_PREFIX}{key}={w}" for w in words if len(w) <= MAX_TAG_CHARS)
+    return frozenset(tokens)
+
+
+def item_tokens(fields: dict[str, object]) -> frozenset[str]:
+    """Everything an item's metadata gives the tag features: `item_tags` and `item_words`."""
+    return item_tags(fields) | item_words(fields)

@@ -77,6 +77,38 @@ def cosine(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, (rows @ query) / np.maximum(norms, 1e-12), 0.0)
 
 
+def soft_max_cosine(cosines: np.ndarray, beta: float) -> np.ndarray:
+    """A soft maximum over the last axis of cosines: log(mean(exp(beta c))) / beta, between the
+    mean cosine (beta -> 0) and the largest (beta -> inf). Item-based kNN's score of a candidate against a user's
+    history rows: a candidate close to any one of the items they liked ranks high, unlike the cosine to their
+    centroid, which rewards being near the average of a varied history."""
+    if beta <= 0.0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    c = np.asarray(cosines, np.float64)
+    if c.shape[-1] == 0:
+        return np.zeros(c.shape[:-1])
+    top = c.max(axis=-1, keepdims=True)
+    lme = np.log(np.exp(beta * (c - top)).mean(axis=-1)) + beta * top[..., 0]  # log-mean-exp, overflow-safe
+    return lme / beta
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_similarity(knn: np.ndarray, history: np.ndarray | None, profile: np.ndarray | None, beta: float) -> np.ndarray:
+    """content_knn similarity of candidates (rows of `knn`) to a user: the cosine to their knn profile (`beta` 0),
+    or item-based kNN, the soft maximum (`soft_max_cosine`, sharpness `beta` > 0) of the cosines to their history's
+    knn vectors (rows of `history`). Zeros when the user has neither."""
+    if beta > 0.0:
+        if history is None or len(history) == 0:
+            return np.zeros(len(knn))
+        return soft_max_cosine(unit_rows(knn) @ unit_rows(history).T, beta)
+    return np.zeros(len(knn)) if profile is None else cosine(knn, profile)
+
+
 SCORERS = ("regression", "blend", "content_knn")
 
 
@@ -96,11 +128,15 @@ def score_items(
     knn: np.ndarray | None = None,
     knn_profile: np.ndarray | None = None,
     knn_weight: float = 0.0,
+    knn_history: np.ndarray | None = None,
+    knn_beta: float = 0.0,
 ) -> np.ndarray:
     """Scores of candidate items (rows of `served`, their Thaw content vectors and their content_knn vectors) for
-    one user: (1 - knn_weight) * z(Thaw's score) + knn_weight * z(content_knn cosine to the user's knn profile),
-    z-scored over the candidates; Thaw's score is the CF score blended by alpha with similarity to the user's
-    Thaw profile. Without knn vectors or a knn profile, Thaw's score alone ranks."""
+    one user: (1 - knn_weight) * z(Thaw's score) + knn_weight * z(content_knn similarity to the user), z-scored over
+    the candidates; Thaw's score is the CF score blended by alpha with similarity to the user's Thaw profile, and the
+    content_knn similarity is `knn_similarity` (the cosine to the user's knn profile, or with `knn_beta` > 0 the
+    soft maximum of the cosines to their history's knn vectors `knn_history`). Without knn vectors or what the
+    similarity reads of the user, Thaw's score alone ranks."""
     if not 0.0 <= knn_weight <= 1.0:
         raise ValueError(f"knn_weight must be in [0, 1], got {knn_weight}")
     cf_scores = served @ user
@@ -109,9 +145,10 @@ def score_items(
     else:
         norms = np.linalg.norm(contents, axis=1) + 1e-12
         thaw = blend(cf_scores, (contents @ user_profile) / norms, alpha)
-    if knn_weight == 0.0 or knn is None or knn_profile is None:
+    known = (knn_history is not None and len(knn_history) > 0) if knn_beta > 0.0 else knn_profile is not None
+    if knn_weight == 0.0 or knn is None or not known:
         return thaw
-    similarity = cosine(knn, knn_profile)
+    similarity = knn_similarity(knn, knn_history, knn_profile, knn_beta)
     if knn_weight == 1.0:
         return similarity
     return (1.0 - knn_weight) * zscore(thaw) + knn_weight * zscore(similarity)

@@ -11,6 +11,7 @@ import pytest
 
 from thaw.datasets import Interactions, load_dataset, split_items
 from thaw.evaluation import (
+    Histories,
     cold_ndcg,
     cold_ndcg_grid,
     evaluate_rankings,
@@ -23,7 +24,17 @@ from thaw.evaluation import (
 )
 from thaw.factors import fit_als, fold_in
 from thaw.schema import InvalidIdError, check_id, item_text, point_id, user_point_id
-from thaw.scoring import blend, cf_weight, profile, served_vector, strongest, zscore
+from thaw.scoring import (
+    blend,
+    cf_weight,
+    knn_similarity,
+    profile,
+    score_items,
+    served_vector,
+    soft_max_cosine,
+    strongest,
+    zscore,
+)
 
 
 def test_point_ids_are_deterministic_and_distinct() -> None:
@@ -140,7 +151,8 @@ def test_ndcg_rows_matches_the_per_user_ranking_ties_included() -> None:
     np.testing.assert_allclose(ndcg_rows(scores, positive), per_user, rtol=0, atol=1e-9)
 
 
-def test_cold_ndcg_grid_matches_cold_ndcg_for_every_candidate() -> None:
+@pytest.mark.parametrize("beta", [0.0, 10.0])
+def test_cold_ndcg_grid_matches_cold_ndcg_for_every_candidate(beta: float) -> None:
     rng = np.random.default_rng(1)
     users, cold = [f"u{i}" for i in range(30)], [f"c{j}" for j in range(50)]
     factors = rng.normal(size=(30, 8)).astype(np.float32)
@@ -151,18 +163,59 @@ def test_cold_ndcg_grid_matches_cold_ndcg_for_every_candidate() -> None:
     positives = {u: p for u, p in positives.items() if len(p) > 1}
     profiles = {u: rng.normal(size=8) for u in users[:20]}
     knn_profiles = {u: rng.normal(size=12).astype(np.float32) for u in users[5:28]}
-    candidates = [(a, w) for w in (0.0, 0.25, 0.5, 1.0) for a in (0.0, 0.5, 1.0)]
-    grid = cold_ndcg_grid(
-        users, factors, cold, pred, positives, candidates, profiles=profiles, knn=knn, knn_profiles=knn_profiles
+    warm_knn = rng.normal(size=(40, 12)).astype(np.float32)
+    histories = Histories(
+        warm_knn, {u: rng.choice(40, size=1 + i % 6, replace=False) for i, u in enumerate(users[3:27])}
     )
+    candidates = [(a, w) for w in (0.0, 0.25, 0.5, 1.0) for a in (0.0, 0.5, 1.0)]
+    knn_args = {"knn": knn, "knn_profiles": knn_profiles, "knn_histories": histories, "knn_beta": beta}
+    grid = cold_ndcg_grid(users, factors, cold, pred, positives, candidates, profiles=profiles, **knn_args)
     for a, w in candidates:
         args = (users, factors, cold, pred, positives)
-        options = {"alpha": a, "profiles": profiles, "knn": knn, "knn_profiles": knn_profiles, "knn_weight": w}
+        options = {"alpha": a, "profiles": profiles, "knn_weight": w, **knn_args}
         ranks = rank_cold(*args, **options)  # the per-user ranking that evaluation ranks cold test items with
         one = evaluate_rankings(ranks, positives, n_items=len(cold), ks=(20,))["ndcg@20"]
         assert grid[(a, w)] == pytest.approx(one, abs=1e-9, rel=0)
         one = cold_ndcg(*args, **options)
         assert one == grid[(a, w)]
+
+
+def test_soft_max_cosine_runs_from_the_mean_to_the_maximum() -> None:
+    c = np.array([[0.9, 0.1, 0.2], [0.5, 0.5, 0.5]])
+    np.testing.assert_allclose(soft_max_cosine(c, 1e-6), c.mean(1), atol=1e-6)
+    np.testing.assert_allclose(soft_max_cosine(c, 1e4), c.max(1), atol=1e-3)
+    np.testing.assert_allclose(soft_max_cosine(c, 10.0), np.log(np.exp(10 * c).mean(1)) / 10)
+    assert soft_max_cosine(np.zeros((2, 0)), 10.0).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="beta"):
+        soft_max_cosine(c, 0.0)
+
+
+def test_item_knn_finds_what_is_near_one_history_item_where_the_centroid_does_not() -> None:
+    """A history of two opposite tastes: the centroid sits between them and prefers a bland middle item; item-based
+    kNN (beta > 0) prefers an item next to one of the two, as does score_items with the knn weight 1."""
+    history = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    cands = np.array([[0.98, 0.0, 0.2], [0.6, 0.6, 0.53]], np.float32)  # next to the first / in the middle
+    centroid = profile(list(history))
+    assert np.argmax(knn_similarity(cands, history, centroid, 0.0)) == 1
+    assert np.argmax(knn_similarity(cands, history, centroid, 10.0)) == 0
+    served, user = np.zeros((2, 2)), np.ones(2)
+    scores = score_items(user, served, None, None, 1.0, knn=cands, knn_profile=centroid, knn_weight=1.0)
+    assert np.argmax(scores) == 1
+    scores = score_items(
+        user,
+        served,
+        None,
+        None,
+        1.0,
+        knn=cands,
+        knn_profile=centroid,
+        knn_weight=1.0,
+        knn_history=history,
+        knn_beta=10.0,
+    )
+    assert np.argmax(scores) == 0
+    no_history = score_items(user, served, None, None, 1.0, knn=cands, knn_weight=1.0, knn_beta=10.0)
+    np.testing.assert_array_equal(no_history, served @ user)  # nothing known of the user's history: Thaw's score
 
 
 def test_dataset_reading_and_split(tmp_path: Path) -> None:

@@ -278,7 +278,8 @@ def test_report_counts_joins_slices_and_time_to_first_click() -> None:
 def test_the_thaw_policy_reads_content_knn_only_where_the_model_weighs_it() -> None:
     thaw = make_policy("thaw")
     assert thaw.reads(0.0) == (frozenset({"vector", "profile"}), ("content", "cf"))
-    assert thaw.reads(0.5) == (frozenset({"vector", "profile", "knn_profile"}), ("content", "cf", "knn"))
+    knn = frozenset({"vector", "profile", "knn_profile", "knn_history"})  # the history rows: item-based kNN
+    assert thaw.reads(0.5) == (knn, ("content", "cf", "knn"))
     assert index_vectors(thaw.reads(0.0)[1]) == ["content", "cf"]
     assert index_vectors(thaw.reads(1.0)[1]) == ["content", "cf", "text", "image"]
     assert make_policy("content_knn").reads(0.0) == (frozenset({"knn_profile"}), ("knn",))

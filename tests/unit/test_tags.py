@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encoders.tags import TagFactors, TagVocab
-from thaw.schema import item_tags
+from encoders.tags import TagFactors, TagVocab, without_words
+from thaw.schema import item_tags, item_tokens, item_words
 
 
 def test_item_tags_tokenises_lists_short_strings_years_and_field_shape() -> None:
@@ -48,6 +48,32 @@ def test_item_tags_tokenises_lists_short_strings_years_and_field_shape() -> None
 def test_item_tags_of_prose_only_items_hold_no_values() -> None:
     tags = item_tags({"title": "Night drive", "description": "synths at dusk", "item_id": "x", "image": "a.png"})
     assert tags == {"has:title", "has:description", "len:title=4", "len:description=4"}
+
+
+def test_item_words_tokenise_prose_and_long_strings_only() -> None:
+    fields = {
+        "title": "Toy Story (1995)",
+        "description": "A cowboy doll_toy, THREATENED: a cowboy again!",
+        "studio": "Pixar",  # short: a whole-value tag, not words
+        "tagline": "To infinity and beyond, where no toy has gone before, again and again",  # longer than a tag
+        "cast": ["Tom Hanks"],
+        "item_id": "x",
+    }
+    assert item_words(fields) == {
+        "words:title=toy",
+        "words:title=story",
+        "words:title=1995",
+        "words:description=cowboy",
+        "words:description=doll",
+        "words:description=toy",
+        "words:description=threatened",
+        "words:description=again",
+        *(f"words:tagline={w}" for w in ("to", "infinity", "and", "beyond", "where", "no", "toy", "has", "gone")),
+        "words:tagline=before",
+        "words:tagline=again",
+    }
+    assert item_tokens(fields) == item_tags(fields) | item_words(fields)
+    assert without_words([item_tokens(fields)]) == [item_tags(fields)]
 
 
 def test_vocab_keeps_tokens_seen_min_count_times_with_idf() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from encoders.text import TEXT_DIM
 from encoders.training import Preferences, TrainConfig, loss_fn, train, training_events, wpe_loss
 from encoders.vision import IMAGE_DIM
 from thaw.datasets import Dataset, Split, load_dataset, split_items
-from thaw.schema import item_tags
+from thaw.schema import WORD_PREFIX, item_tags, item_tokens
 from thaw.synthetic import generate_catalog
 
 
@@ -127,8 +128,10 @@ def test_tag_factors_read_warm_items_only(tiny: Path, tmp_path: Path) -> None:
     (tmp_path / "cat" / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     ds = load_dataset(tmp_path / "cat")
     model = train(ds, split, TrainConfig(factors=8, epochs=1, eval_every=1, hidden=16), progress=False)
-    assert model.tag_factors.fields == ["cast", "studio"] and "cast=only cold" not in model.tag_factors.tokens
-    refit = TagFactors.fit([item_tags(ds.items[i].fields) for i in model.item_ids], model.item_factors)
+    read = item_tokens if model.metrics["content_pull"]["words"] else item_tags  # the prose words, where chosen
+    fields = [f for f in model.tag_factors.fields if not f.startswith(WORD_PREFIX)]
+    assert fields == ["cast", "studio"] and "cast=only cold" not in model.tag_factors.tokens
+    refit = TagFactors.fit([read(ds.items[i].fields) for i in model.item_ids], model.item_factors)
     assert refit.tokens == model.tag_factors.tokens
     np.testing.assert_allclose(refit.sums, model.tag_factors.sums, atol=1e-5)
     np.testing.assert_array_equal(refit.counts, model.tag_factors.counts)
@@ -178,10 +181,21 @@ def _planted_catalogue(out: Path, signal: str, *, seed: int = 0) -> tuple[Datase
     topic: similarity to the user's history finds their items, while one CF factor (popularity, flat here) is blind.
     `cf`: 8 topics nobody cares about and a quality every user wants, carried by one small text dimension: the CF
     factors (popularity) and the regression onto them find it, while similarity to a history drawn across all
-    topics is dominated by the topics."""
+    topics is dominated by the topics. `items`: 20 groups of three topics, A, B and their midpoint M (with three times
+    as many items); most users after both A and B of one group, the rest after its M: the centroid of an A-and-B
+    history points at M, while the items nearest to single history items are A's and B's (item-based kNN)."""
     rng = np.random.default_rng(seed)
     n_items, n_users = 600, 300
-    if signal == "knn":
+    if signal == "items":
+        a, b = rng.normal(size=(2, 20, TEXT_DIM))
+        centres = np.concatenate([a, b, (a + b) / np.sqrt(2.0)])  # topics 0-19: A, 20-39: B, 40-59: M
+        weights = np.repeat([1.0, 1.0, 3.0], 20)
+        topic = rng.choice(60, size=n_items, p=weights / weights.sum())
+        text = centres[topic] + 0.3 * rng.normal(size=(n_items, TEXT_DIM))
+        group, mid = rng.integers(20, size=n_users), rng.random(n_users) < 0.25
+        wanted = [[g + 40] if m else [g, g + 20] for g, m in zip(group, mid, strict=True)]
+        logits, events = [6.0 * np.isin(topic, w) for w in wanted], 10
+    elif signal == "knn":
         topic = rng.integers(50, size=n_items)
         text = rng.normal(size=(50, TEXT_DIM))[topic] + 0.3 * rng.normal(size=(n_items, TEXT_DIM))
         taste = rng.integers(50, size=n_users)
@@ -209,15 +223,61 @@ def _planted_catalogue(out: Path, signal: str, *, seed: int = 0) -> tuple[Datase
     return load_dataset(out), Table(ids, feats, masks, empty, [frozenset() for _ in ids])
 
 
-@pytest.mark.parametrize(("signal", "scorer", "knn_weight"), [("knn", "content_knn", 1.0), ("cf", "regression", 0.0)])
+@pytest.mark.parametrize(
+    ("signal", "scorer", "knn_weight"),
+    [("knn", "content_knn", 1.0), ("cf", "regression", 0.0), ("items", "content_knn", 0.75)],
+)
 def test_cold_validation_picks_the_planted_scorer(tmp_path: Path, signal: str, scorer: str, knn_weight: float) -> None:
     """Training chooses the cold-start scorer on cold validation, and it ships in the model's config: content_knn
-    similarity where that is the signal, the regression onto CF factors where that is."""
+    similarity where that is the signal (item-based kNN where the history's centroid misleads), the regression onto
+    CF factors where that is."""
     ds, table = _planted_catalogue(tmp_path / signal, signal)
     split = split_items(ds, seed=0, fractions=(0.2, 0.1))
-    config = TrainConfig(factors=1 if signal == "knn" else 8, epochs=2, eval_every=1, hidden=16)
+    config = TrainConfig(factors=8 if signal == "cf" else 1, epochs=2, eval_every=1, hidden=16, knn_betas=(0.0, 10.0))
     model = train(ds, split, config, progress=False, features=table)
     grid = model.metrics["scorer_grid"]
-    assert (model.metrics["scorer"], model.config.knn_weight) == (scorer, knn_weight), grid
     regression, knn = max(v for k, v in grid.items() if k.endswith("knn=0.0")), grid["alpha=1.0,knn=1.0"]
-    assert (knn > 1.5 * regression) if signal == "knn" else (regression > 1.5 * knn), grid  # planted, not a tie
+    item_knn = grid["alpha=1.0,knn=1.0,beta=10.0"]
+    if signal == "items":  # item-based kNN; the CF factor (popularity: M has more items) may join it in a blend
+        assert model.config.knn_beta == 10.0 and model.config.knn_weight >= 0.75, grid
+        assert item_knn > 1.2 * knn and item_knn > 1.5 * regression, grid
+    else:
+        assert (model.metrics["scorer"], model.config.knn_weight) == (scorer, knn_weight), grid
+        assert (knn > 1.5 * regression) if signal == "knn" else (regression > 1.5 * max(knn, item_knn)), grid
+
+
+def test_cold_validation_reads_the_prose_words_where_they_carry_the_taste(tmp_path: Path) -> None:
+    """The text embedding is noise and each item's description names its topic: cold validation takes the prose
+    words' target encoding into the tag features, and the model keeps it for new items."""
+    rng = np.random.default_rng(0)
+    n_items, n_users = 500, 250
+    topic = rng.integers(8, size=n_items)
+    ids = [str(i) for i in range(n_items)]
+    out = tmp_path / "words"
+    out.mkdir()
+    rows = [
+        {"item_id": i, "description": f"a paper on subject{t} by author{rng.integers(500)}"}
+        for i, t in zip(ids, topic, strict=True)
+    ]
+    (out / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    taste = rng.integers(8, size=n_users)
+    events = ["user_id,item_id"]
+    for u in range(n_users):
+        liked = np.flatnonzero(topic == taste[u])
+        events += [f"u{u},{i}" for i in rng.choice(liked, size=min(8, len(liked)), replace=False)]
+    (out / "interactions.csv").write_text("\n".join(events) + "\n")
+    ds = load_dataset(out)
+    masks = torch.zeros(n_items, 3, dtype=torch.bool)
+    masks[:, 0] = True
+    feats = {"text": torch.from_numpy((rng.normal(size=(n_items, TEXT_DIM)) / TEXT_DIM**0.5).astype(np.float32))}
+    feats["image"] = torch.zeros(n_items, IMAGE_DIM)
+    table = Table(ids, feats, masks, [torch.zeros(0, N_MELS, 188) for _ in ids], [item_tokens(r) for r in rows])
+    split = split_items(ds, seed=0, fractions=(0.2, 0.1))
+    config = TrainConfig(factors=8, epochs=1, eval_every=1, hidden=16, content_pulls=(), text_words=(False, True))
+    model = train(ds, split, config, progress=False, features=table)
+    assert model.metrics["content_pull"]["words"] == 1.0, model.metrics["content_pull"]
+    assert "words:description" in model.tag_factors.fields
+    assert not [t for t in model.vocab.tokens if t.startswith("words:")]  # the TF-IDF vocabulary reads no words
+    without = train(ds, split, dataclasses.replace(config, text_words=(False,)), progress=False, features=table)
+    assert without.metrics["content_pull"]["words"] == 0.0 and "words:description" not in without.tag_factors.fields
+    assert model.metrics["cold_val_ndcg@20"] > 1.5 * without.metrics["cold_val_ndcg@20"]

@@ -49,6 +49,7 @@ class UserContext:
     vector: np.ndarray | None = None
     profile: np.ndarray | None = None
     knn_profile: np.ndarray | None = None
+    knn_history: np.ndarray | None = None  # the knn vectors of the items of `knn_profile`, one row each
     history: list[str] = field(default_factory=list)  # the items of `profile`, in the order of `history_content`
     history_content: np.ndarray | None = None  # their content vectors, one row each
 
@@ -121,6 +122,7 @@ class Policy(ABC):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         """One score per candidate, higher is better; -inf marks an item the policy never shows."""
 
@@ -160,10 +162,10 @@ class ThawPolicy(Policy):
     arrays = ("content", "cf")
 
     def reads(self, knn_weight: float) -> tuple[frozenset[str], tuple[str, ...]]:
-        """content_knn's profile and vectors only where the model gives them weight."""
+        """content_knn's profile, history and vectors only where the model gives them weight."""
         if knn_weight == 0.0:
             return self.context, self.arrays
-        return self.context | {"knn_profile"}, (*self.arrays, "knn")
+        return self.context | {"knn_profile", "knn_history"}, (*self.arrays, "knn")
 
     def queries(self, user: UserContext, *, cold_only: bool, knn_dims: Sequence[int]) -> list[Query]:
         if user.vector is None:
@@ -179,6 +181,7 @@ class ThawPolicy(Policy):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         n = len(cands)
         out = np.full(n, -np.inf)
@@ -201,6 +204,8 @@ class ThawPolicy(Policy):
             knn=knn,
             knn_profile=user.knn_profile,
             knn_weight=default_knn_weight,
+            knn_history=user.knn_history,
+            knn_beta=default_knn_beta,
         )
         return out
 
@@ -224,6 +229,7 @@ class CfOnlyPolicy(Policy):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         out = np.full(len(cands), -np.inf)
         if len(cands) == 0 or user.vector is None or cands.cf is None:
@@ -252,6 +258,7 @@ class ContentKnnPolicy(Policy):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         out = np.full(len(cands), -np.inf)
         if len(cands) == 0 or user.knn_profile is None or cands.knn is None:
@@ -278,6 +285,7 @@ class PopularityPolicy(Policy):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         return np.asarray(cands.interactions, float).copy()
 
@@ -299,6 +307,7 @@ class RandomPolicy(Policy):
         shrinkage: float,
         seed: int,
         default_knn_weight: float = 0.0,
+        default_knn_beta: float = 0.0,
     ) -> np.ndarray:
         return np.random.default_rng(seed).random(len(cands))
 
@@ -323,9 +332,10 @@ def rank(
     shrinkage: float,
     seed: int = 0,
     default_knn_weight: float = 0.0,
+    default_knn_beta: float = 0.0,
 ) -> tuple[list[int], list[float]]:
-    """The indices of the policy's top k candidates (ties by candidate order) and their scores; `default_alpha` and
-    `default_knn_weight` are the model's serving defaults."""
+    """The indices of the policy's top k candidates (ties by candidate order) and their scores; `default_alpha`,
+    `default_knn_weight` and `default_knn_beta` are the model's serving defaults."""
     s = policy.scores(
         cands,
         user,
@@ -333,6 +343,7 @@ def rank(
         shrinkage=shrinkage,
         seed=seed,
         default_knn_weight=default_knn_weight,
+        default_knn_beta=default_knn_beta,
     )
     order = [int(i) for i in np.argsort(-s, kind="stable")[:k] if np.isfinite(s[i])]
     return order, [float(s[i]) for i in order]

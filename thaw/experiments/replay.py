@@ -66,6 +66,7 @@ class ReplayModel:
     shrinkage: float
     cold_val_ndcg: float | None = None
     knn_weight: float = 0.0
+    knn_beta: float = 0.0
 
 
 @dataclass
@@ -200,7 +201,9 @@ def _serve(s: _State, spec: ExperimentSpec, interleave: tuple[str, str] | None, 
     m, k = s.model, s.config.k
     idx = np.flatnonzero(s.servable & ~np.isin(np.arange(len(s.cix)), list(s.seen[user])))
     pool = Candidates(m.item_ids, s.counts, m.content, s.cf, m.knn).subset(idx)
-    ctx = UserContext(m.user_factors[u], m.profiles.get(user), profile([m.knn[j] for j in s.seen[user]]))
+    history = m.knn[sorted(s.seen[user])] if s.seen[user] else None
+    ctx = UserContext(m.user_factors[u], m.profiles.get(user), profile(list(history)) if history is not None else None)
+    ctx.knn_history = history
 
     def top(policy: Policy, rec_id: str) -> list[int]:
         order, _ = rank(
@@ -212,6 +215,7 @@ def _serve(s: _State, spec: ExperimentSpec, interleave: tuple[str, str] | None, 
             shrinkage=m.shrinkage,
             seed=seed_of(rec_id),
             default_knn_weight=m.knn_weight,
+            default_knn_beta=m.knn_beta,
         )
         return [int(idx[i]) for i in order]
 
