@@ -61,11 +61,11 @@ class TrainConfig:
     content_pulls: tuple[float, ...] = (10.0, 40.0, 80.0)
     content_lambdas: tuple[float, ...] = (3.0, 10.0)
     content_rounds: int = 4
-    # opt-in candidates for cold validation (measured in docs/evaluation.md, not in the default grid): the prose words'
-    # target encoding in the tag features (thaw.schema.item_words) with (False, True), and item-based kNN content
-    # similarity (thaw.scoring.knn_similarity's sharpness beta; 0 is the cosine to the history's centroid)
+    # item-based kNN content similarity among the scorer candidates (thaw.scoring.knn_similarity's sharpness beta;
+    # 0 is the cosine to the history's centroid); opt-in, not in the default grid (docs/evaluation.md): the prose
+    # words' target encoding in the tag features (thaw.schema.item_words) with (False, True)
     text_words: tuple[bool, ...] = (False,)
-    knn_betas: tuple[float, ...] = (0.0,)
+    knn_betas: tuple[float, ...] = (0.0, 10.0)
     seed: int = 0
 
 
