@@ -25,7 +25,7 @@ from thaw.evaluation import (
     rank_cold,
     user_positives,
 )
-from thaw.scoring import cosine, scorer_name
+from thaw.scoring import cosine, scorer_name, unit_rows
 
 KS = (20, 100)
 RIDGE_GRID = (0.1, 1.0, 10.0, 100.0)  # the ridge baselines' lambdas, chosen on cold validation
@@ -44,7 +44,7 @@ def all_inputs(table: Table) -> np.ndarray:
     table's vocabulary applied) and the image embedding, each scaled to unit length (a missing one stays zero), and
     a constant."""
     parts = [table.feats[m].numpy().astype(np.float32) for m in ("text", "tags", "image")]
-    units = [x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in parts]
+    units = [unit_rows(x) for x in parts]
     return np.hstack([*units, np.ones((len(table.ids), 1), np.float32)])
 
 

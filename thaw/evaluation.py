@@ -137,15 +137,21 @@ def cold_ndcg(
     )[(alpha, knn_weight)]
 
 
+def _warm_events(ds: Dataset, warm_ids: Sequence[str]) -> dict[str, list[int]]:
+    """Each user's interactions with the warm items, as indices into `warm_ids`, in event order (repeats kept)."""
+    index = {item: i for i, item in enumerate(warm_ids)}
+    rows: dict[str, list[int]] = {}
+    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
+        if item in index:
+            rows.setdefault(user, []).append(index[item])
+    return rows
+
+
 def history_profiles(ds: Dataset, warm_ids: Sequence[str], warm_pred: np.ndarray) -> dict[str, np.ndarray]:
     """Each user's profile over `warm_pred`, the vectors of the warm items (Thaw's predicted factors: the content
     profile; content_knn vectors: the knn profile): the unit centroid of their warm items' vectors."""
-    index = {item: i for i, item in enumerate(warm_ids)}
-    rows: dict[str, list[np.ndarray]] = {}
-    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
-        if item in index:
-            rows.setdefault(user, []).append(warm_pred[index[item]])
-    return {u: p for u, vs in rows.items() if (p := profile(vs)) is not None}
+    rows = _warm_events(ds, warm_ids)
+    return {u: p for u, r in rows.items() if (p := profile([warm_pred[i] for i in r])) is not None}
 
 
 @dataclass(frozen=True)
@@ -162,13 +168,10 @@ class Histories:
 
 
 def history_rows(ds: Dataset, warm_ids: Sequence[str], vectors: np.ndarray) -> Histories:
-    """Each user's warm items (`warm_ids`, rows of `vectors`) among the dataset's interactions, in event order."""
-    index = {item: i for i, item in enumerate(warm_ids)}
-    rows: dict[str, list[int]] = {}
-    for user, item in zip(ds.interactions.user_ids.tolist(), ds.interactions.item_ids.tolist(), strict=True):
-        if item in index:
-            rows.setdefault(user, []).append(index[item])
-    return Histories(vectors, {u: np.asarray(sorted(set(r), key=r.index), np.int64) for u, r in rows.items()})
+    """Each user's warm items (`warm_ids`, rows of `vectors`) among the dataset's interactions, in event order, each
+    once."""
+    rows = _warm_events(ds, warm_ids)
+    return Histories(vectors, {u: np.asarray(list(dict.fromkeys(r)), np.int64) for u, r in rows.items()})
 
 
 def ndcg_rows(

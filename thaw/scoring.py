@@ -60,15 +60,16 @@ def blend(cf_scores: np.ndarray, content_scores: np.ndarray | None, alpha: float
     return alpha * zscore(np.asarray(cf_scores, float)) + (1.0 - alpha) * zscore(np.asarray(content_scores, float))
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def knn_matrix(text: np.ndarray, image: np.ndarray) -> np.ndarray:
     """content_knn vectors: each item's unit text and unit image embeddings side by side (zero rows stay zero, so
     a missing modality adds nothing to the cosine)."""
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    return np.concatenate([unit(text), unit(image)], axis=1)
+    return np.concatenate([unit_rows(text), unit_rows(image)], axis=1)
 
 
 def cosine(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -90,12 +91,6 @@ def soft_max_cosine(cosines: np.ndarray, beta: float) -> np.ndarray:
     top = c.max(axis=-1, keepdims=True)
     lme = np.log(np.exp(beta * (c - top)).mean(axis=-1)) + beta * top[..., 0]  # log-mean-exp, overflow-safe
     return lme / beta
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def knn_similarity(knn: np.ndarray, history: np.ndarray | None, profile: np.ndarray | None, beta: float) -> np.ndarray:
